@@ -1,0 +1,123 @@
+"""Audio loading (any audio file, or the audio track of any video) and Wav2Lip's mel spectrogram.
+
+Decoding goes through PyAV (ffmpeg from PyPI), resampling through soxr at the quality
+librosa.load uses by default, so the samples equal what the original's librosa.load gave.
+"""
+import os
+
+import librosa
+import numpy as np
+import soxr
+from scipy import signal
+
+from hparams import hparams as hp
+
+
+class AudioError(ValueError):
+    """Bad audio input; the message names the file and what to do."""
+
+
+def _to_float(frame_array):
+    """Samples of one decoded frame as float32 (channels, n), scaled like libsndfile."""
+    a = frame_array
+    if a.dtype == np.int16:
+        a = a.astype(np.float32) / 32768.0
+    elif a.dtype == np.int32:
+        a = (a.astype(np.float64) / 2147483648.0).astype(np.float32)
+    elif a.dtype == np.uint8:
+        a = (a.astype(np.float32) - 128.0) / 128.0
+    else:
+        a = a.astype(np.float32)
+    return a
+
+
+def _decode(path, as_int16=False):
+    """Decode the first audio stream of `path` into float32 mono at its own rate.
+
+    `as_int16` rounds every channel to 16-bit first, as ffmpeg does when writing a PCM wav."""
+    import av
+
+    if not os.path.isfile(path):
+        raise AudioError("audio file not found: %s" % path)
+    try:
+        container = av.open(path)
+    except av.FFmpegError as e:
+        raise AudioError("cannot read audio from %s: %s" % (path, e))
+    with container:
+        if not container.streams.audio:
+            raise AudioError("%s has no audio stream; pass a file with speech as --audio" % path)
+        stream = container.streams.audio[0]
+        sr = stream.codec_context.sample_rate or stream.rate
+        chunks = []
+        try:
+            for frame in container.decode(stream):
+                a = _to_float(frame.to_ndarray())
+                if not frame.format.is_planar:  # packed: (1, n * channels)
+                    a = a.reshape(-1, len(frame.layout.channels)).T
+                if as_int16:
+                    a = np.clip(np.rint(a * 32768.0), -32768, 32767).astype(np.float32) / 32768.0
+                chunks.append(a.mean(axis=0, dtype=np.float32) if a.shape[0] > 1 else a[0])
+        except av.FFmpegError as e:
+            raise AudioError("audio of %s is corrupt: %s" % (path, e))
+    wav = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return wav, int(sr)
+
+
+def load_wav(path, sr=hp.sample_rate, as_int16=False):
+    """Mono float32 samples of `path` at `sr` Hz (audio files and the audio track of videos).
+
+    `as_int16` reproduces the original inference, which first converted non-wav input to a
+    16-bit wav with ffmpeg."""
+    wav, file_sr = _decode(path, as_int16)
+    if file_sr != sr and len(wav):
+        wav = soxr.resample(wav, file_sr, sr, quality="HQ").astype(np.float32)
+    return wav
+
+
+def preemphasis(wav, k=hp.preemphasis, preemphasize=hp.preemphasize):
+    return signal.lfilter([1, -k], [1], wav) if preemphasize else wav
+
+
+def _stft(y):
+    # librosa 0.7, which the published models were trained with, padded by reflection.
+    return librosa.stft(y=y, n_fft=hp.n_fft, hop_length=hp.hop_size, win_length=hp.win_size,
+                        pad_mode="reflect")
+
+
+_mel_basis_cache = {}
+
+
+def _mel_basis():
+    key = (hp.sample_rate, hp.n_fft, hp.num_mels, hp.fmin, hp.fmax)
+    if key not in _mel_basis_cache:
+        _mel_basis_cache[key] = librosa.filters.mel(sr=hp.sample_rate, n_fft=hp.n_fft, n_mels=hp.num_mels,
+                                                    fmin=hp.fmin, fmax=hp.fmax)
+    return _mel_basis_cache[key]
+
+
+def _amp_to_db(x):
+    min_level = np.exp(hp.min_level_db / 20 * np.log(10))
+    return 20 * np.log10(np.maximum(min_level, x))
+
+
+def _normalize(S):
+    scale = (S - hp.min_level_db) / -hp.min_level_db
+    if hp.symmetric_mels:
+        out = (2 * hp.max_abs_value) * scale - hp.max_abs_value
+        lo = -hp.max_abs_value
+    else:
+        out = hp.max_abs_value * scale
+        lo = 0
+    if hp.allow_clipping_in_normalization:
+        out = np.clip(out, lo, hp.max_abs_value)
+    return out
+
+
+def melspectrogram(wav):
+    """(num_mels, T) mel spectrogram of 16 kHz samples, T = 1 + len(wav) // hop_size."""
+    wav = np.asarray(wav)
+    if wav.ndim != 1:
+        raise AudioError("melspectrogram expects 1-D samples, got shape %s" % (wav.shape,))
+    D = _stft(preemphasis(wav))
+    S = _amp_to_db(np.dot(_mel_basis(), np.abs(D))) - hp.ref_level_db
+    return _normalize(S) if hp.signal_normalization else S

@@ -1,0 +1,348 @@
+"""Lip-sync a face video (or image) to any speech with a Wav2Lip checkpoint.
+
+    python inference.py --checkpoint_path checkpoints/wav2lip_gan.pth --face video.mp4 --audio speech.wav
+
+The numeric path (mel windows, face boxes, model input and paste) is the original's; the
+pipeline streams: boxes are found in a first pass that keeps only the boxes, frames are
+decoded again, generated, pasted and encoded in bounded batches, so memory does not grow
+with the video's length. Frames without a face pass through unchanged unless
+--on_no_face error is given.
+"""
+import argparse
+import os
+import sys
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import audio
+import videoio
+from hparams import add_hparams_argument, apply_overrides, hparams
+
+MEL_STEP_SIZE = 16
+# uint8 -> float32 exactly as the original's `/ 255.` in float64 followed by FloatTensor.
+_UINT8_TO_UNIT = (np.arange(256) / 255.0).astype(np.float32)
+
+
+class InferenceError(ValueError):
+    """Bad input for a lip-sync run; the message is one line naming the fix."""
+
+
+# --------------------------------------------------------------------------- numeric core
+def load_model(path, device="cpu"):
+    """A Wav2Lip generator with the weights of `path` (official or our checkpoints), in eval mode."""
+    from models import Wav2Lip
+    from models.checkpoint import load_weights
+
+    model = Wav2Lip()
+    load_weights(model, path, what="Wav2Lip")
+    return model.to(device).eval()
+
+
+def mel_chunk_starts(num_columns, fps):
+    """Start column of the 16-column mel window of every output frame (the last one is T - 16)."""
+    multiplier = 80.0 / fps
+    starts, i = [], 0
+    while True:
+        start = int(i * multiplier)
+        if start + MEL_STEP_SIZE > num_columns:
+            starts.append(num_columns - MEL_STEP_SIZE)
+            return starts
+        starts.append(start)
+        i += 1
+
+
+def mel_chunks(mel, fps):
+    """One (80, 16) mel window per output video frame."""
+    return [mel[:, s:s + MEL_STEP_SIZE] for s in mel_chunk_starts(mel.shape[1], fps)]
+
+
+def smooth_boxes(boxes, window=5):
+    """The original's forward moving average over box rows, in place on an int array."""
+    n = len(boxes)
+    for i in range(n):
+        span = boxes[n - window:] if i + window > n else boxes[i:i + window]
+        boxes[i] = np.mean(span, axis=0)
+    return boxes
+
+
+def face_boxes(detections, frame_shape, pads=(0, 10, 0, 0), nosmooth=False):
+    """Paste boxes (N, 4) as y1, y2, x1, x2 from detector boxes x1, y1, x2, y2: padded, clipped, smoothed."""
+    top, bottom, left, right = pads
+    height, width = frame_shape[:2]
+    det = np.asarray(detections, dtype=np.int64).reshape(-1, 4)
+    boxes = np.stack([np.maximum(0, det[:, 1] - top), np.minimum(height, det[:, 3] + bottom),
+                      np.maximum(0, det[:, 0] - left), np.minimum(width, det[:, 2] + right)], axis=1)
+    return boxes if nosmooth else smooth_boxes(boxes)
+
+
+def face_boxes_with_gaps(detections, frame_shape, pads=(0, 10, 0, 0), nosmooth=False):
+    """Like face_boxes for a list where None marks a frame without a face.
+
+    Each run of consecutive detections is padded and smoothed on its own, so a video with a
+    face in every frame gets exactly the original's boxes. Returns a list of tuples or None."""
+    out = [None] * len(detections)
+    start = 0
+    while start < len(detections):
+        if detections[start] is None:
+            start += 1
+            continue
+        end = start
+        while end < len(detections) and detections[end] is not None:
+            end += 1
+        run = face_boxes(detections[start:end], frame_shape, pads, nosmooth)
+        out[start:end] = [tuple(int(v) for v in b) for b in run]
+        start = end
+    return out
+
+
+def _model_input(crops, mels, device):
+    faces = _UINT8_TO_UNIT[np.stack(crops)]                       # (B, 96, 96, 3)
+    masked = faces.copy()
+    masked[:, hparams.img_size // 2:] = 0
+    faces = np.concatenate([masked, faces], axis=3).transpose(0, 3, 1, 2)
+    mel_batch = np.stack(mels).astype(np.float32)[:, None]        # (B, 1, 80, 16)
+    return (torch.from_numpy(mel_batch).to(device), torch.from_numpy(np.ascontiguousarray(faces)).to(device))
+
+
+def _generate_batch(model, batch, device):
+    """Run the model on the frames of `batch` that have a box and paste the results."""
+    with_face = [(frame, mel, box) for frame, mel, box in batch if box is not None]
+    if with_face:
+        crops = [cv2.resize(f[b[0]:b[1], b[2]:b[3]], (hparams.img_size, hparams.img_size))
+                 for f, _, b in with_face]
+        mel_t, face_t = _model_input(crops, [m for _, m, _ in with_face], device)
+        with torch.inference_mode():
+            pred = model(mel_t, face_t).float().cpu().numpy().transpose(0, 2, 3, 1) * 255.0
+        for (frame, _, (y1, y2, x1, x2)), patch in zip(with_face, pred):
+            frame[y1:y2, x1:x2] = cv2.resize(patch.astype(np.uint8), (x2 - x1, y2 - y1))
+    return [frame for frame, _, _ in batch]
+
+
+def lipsync_stream(model, items, batch_size=128):
+    """Yield output frames for an iterable of (frame, mel window, box or None), in bounded batches.
+
+    Frames are copied before pasting; a None box passes the frame through unchanged."""
+    device = next(model.parameters()).device
+    batch = []
+    for frame, mel, box in items:
+        batch.append((frame.copy(), mel, box))
+        if len(batch) == batch_size:
+            yield from _generate_batch(model, batch, device)
+            batch = []
+    if batch:
+        yield from _generate_batch(model, batch, device)
+
+
+def lipsync_frames(model, frames, mels, boxes, batch_size=128):
+    """Output frames: frame i from frames[i % len(frames)], mels[i] and boxes[i % len(boxes)] (y1, y2, x1, x2)."""
+    items = ((frames[i % len(frames)], mels[i], boxes[i % len(boxes)]) for i in range(len(mels)))
+    return lipsync_stream(model, items, batch_size)
+
+
+# --------------------------------------------------------------------------- pipeline
+def best_device():
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def load_speech(path):
+    """16 kHz samples of `path`, with the original's detour through a 16-bit wav for non-wav input."""
+    try:
+        wav = audio.load_wav(path, hparams.sample_rate, as_int16=not path.lower().endswith(".wav"))
+    except audio.AudioError as e:
+        raise InferenceError(str(e))
+    if len(wav) < (MEL_STEP_SIZE - 1) * hparams.hop_size:
+        raise InferenceError("audio %s is %.3f s long, shorter than one video frame's mel window "
+                             "(0.2 s); pass longer speech as --audio" % (path, len(wav) / hparams.sample_rate))
+    return wav
+
+
+class FaceSource:
+    """The --face input as a re-readable stream of prepared frames (an image is a 1-frame video)."""
+
+    def __init__(self, path, static=False, fps=25.0, resize_factor=1, rotate=False, crop=(0, -1, 0, -1)):
+        if not os.path.isfile(path):
+            raise InferenceError("face file not found: %s; pass a video or an image as --face" % path)
+        self.path = path
+        self.image = videoio.read_image(path) if videoio.is_image(path) else None
+        self.static = static or self.image is not None
+        self.fps = fps if self.image is not None else videoio.video_fps(path)
+        self.prepare = dict(resize_factor=resize_factor, rotate=rotate, crop=crop)
+
+    def frames(self):
+        """Prepared frames of one pass over the input (just the first one when static)."""
+        raw = [self.image] if self.image is not None else videoio.read_frames(self.path)
+        for frame in raw:
+            frame = videoio.prepare_frame(frame, **self.prepare)
+            if frame.size == 0:
+                raise InferenceError("--crop leaves an empty frame for %s" % self.path)
+            yield frame
+            if self.static:
+                return
+
+    def cycle(self, count):
+        """(source index, frame) for `count` output frames, reusing the input cyclically."""
+        produced = 0
+        while produced < count:
+            index = -1
+            for index, frame in enumerate(self.frames()):
+                yield index, frame
+                produced += 1
+                if produced == count:
+                    return
+            if index < 0:
+                raise InferenceError("%s has no decodable video frames" % self.path)
+
+
+def detect_faces(source, detector, count, batch_size, progress=True):
+    """Detector boxes (x1, y1, x2, y2) or None for the first `count` input frames; also the frame shape."""
+    detections, batch, shape = [], [], None
+    bar = tqdm(total=1 if source.static else count, desc="face detection", unit="frame", disable=not progress)
+
+    def flush():
+        detections.extend(detector.detect(batch))
+        bar.update(len(batch))
+        batch.clear()
+
+    for frame in source.frames():
+        if shape is None:
+            shape = frame.shape
+        elif frame.shape != shape:
+            raise InferenceError("frame size changes inside %s; re-encode it at one size" % source.path)
+        batch.append(frame)
+        if len(batch) == batch_size:
+            flush()
+        if len(detections) + len(batch) == count:
+            break
+    if batch:
+        flush()
+    bar.close()
+    if shape is None:
+        raise InferenceError("%s has no decodable video frames" % source.path)
+    return detections, shape
+
+
+def lipsync_video(model, face_path, audio_path, outfile, detector=None, *, static=False, fps=25.0,
+                  pads=(0, 10, 0, 0), face_det_batch_size=16, wav2lip_batch_size=128, resize_factor=1,
+                  crop=(0, -1, 0, -1), box=(-1, -1, -1, -1), rotate=False, nosmooth=False,
+                  on_no_face="pass", progress=True):
+    """Write the lip-synced video to `outfile` (atomically) and return a dict of run statistics."""
+    source = FaceSource(face_path, static, fps, resize_factor, rotate, crop)
+    wav = load_speech(audio_path)
+    mel = audio.melspectrogram(wav)
+    if np.isnan(mel).any():
+        raise InferenceError("the mel spectrogram of %s contains NaN; re-encode the audio as 16 kHz wav" % audio_path)
+    windows = mel_chunks(mel, source.fps)
+    count = len(windows)
+
+    if box[0] == -1:
+        if detector is None:
+            raise InferenceError("no face detector given and no --box")
+        detections, shape = detect_faces(source, detector, count, face_det_batch_size, progress)
+        boxes = face_boxes_with_gaps(detections, shape, pads, nosmooth)
+    else:
+        first = next(source.frames(), None)
+        if first is None:
+            raise InferenceError("%s has no decodable video frames" % face_path)
+        shape = first.shape
+        y1, y2, x1, x2 = box
+        boxes = [(y1, y2, x1, x2)]
+    missing = sum(b is None for b in boxes)
+    if missing and on_no_face == "error":
+        first = boxes.index(None)
+        raise InferenceError("no face found in frame %d of %s (%d frames without a face); check the "
+                             "video or pass --box, or drop --on_no_face error" % (first, face_path, missing))
+    if missing == len(boxes):
+        raise InferenceError("no face found in any frame of %s; pass --box top bottom left right" % face_path)
+
+    height, width = shape[:2]
+    items = ((frame, windows[i], boxes[index % len(boxes)])
+             for i, (index, frame) in enumerate(source.cycle(count)))
+    with videoio.VideoWriter(outfile, source.fps, width, height, audio_path=audio_path) as writer:
+        bar = tqdm(total=count, desc="lip-sync", unit="frame", disable=not progress)
+        for frame in lipsync_stream(model, items, wav2lip_batch_size):
+            writer.write(frame)
+            bar.update(1)
+        bar.close()
+        written = writer.frames_written
+    if written != count:
+        raise InferenceError("wrote %d frames, expected %d" % (written, count))
+    frames_without_face = sum(boxes[i % len(boxes)] is None for i in range(count))
+    return {"outfile": outfile, "frames": count, "fps": source.fps, "width": width, "height": height,
+            "input_frames_without_face": missing, "output_frames_without_face": frames_without_face}
+
+
+# --------------------------------------------------------------------------- command line
+def _flag(text):
+    """The original declared --static with type=bool; accept `--static`, `--static True`, `--static 0`."""
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError("expected true or false, got %r" % text)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Lip-sync a face video or image to speech with Wav2Lip.")
+    p.add_argument("--checkpoint_path", required=True, help="Wav2Lip checkpoint (wav2lip.pth or wav2lip_gan.pth)")
+    p.add_argument("--face", required=True, help="video or image with the face to animate")
+    p.add_argument("--audio", required=True, help="speech: any audio file, or a video whose audio track is used")
+    p.add_argument("--outfile", default="results/result_voice.mp4", help="output mp4")
+    p.add_argument("--static", type=_flag, nargs="?", const=True, default=False,
+                   help="use only the first frame of the video")
+    p.add_argument("--fps", type=float, default=25.0, help="output fps for an image --face")
+    p.add_argument("--pads", nargs=4, type=int, default=[0, 10, 0, 0], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+                   help="padding of the detected face box (include the chin: bottom at least 10)")
+    p.add_argument("--face_det_batch_size", type=int, default=16)
+    p.add_argument("--wav2lip_batch_size", type=int, default=128)
+    p.add_argument("--resize_factor", type=int, default=1, help="divide the frame size by this first")
+    p.add_argument("--crop", nargs=4, type=int, default=[0, -1, 0, -1], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+                   help="crop the frames (after resize and rotate); -1 means to the edge")
+    p.add_argument("--box", nargs=4, type=int, default=[-1, -1, -1, -1], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+                   help="fixed face box for every frame instead of detection")
+    p.add_argument("--rotate", action="store_true", help="rotate frames 90 degrees clockwise")
+    p.add_argument("--nosmooth", action="store_true", help="do not smooth face boxes over 5 frames")
+    p.add_argument("--on_no_face", choices=("pass", "error"), default="pass",
+                   help="frames without a face: pass them through unchanged, or stop with an error")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--s3fd_path", default=None, help="S3FD weights (default face_detection/detection/sfd/s3fd.pth)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_hparams_argument(p)
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    apply_overrides(args, parser)
+    from face_detection import load_detector
+    from models.checkpoint import CheckpointError
+
+    device = args.device or best_device()
+    try:
+        model = load_model(args.checkpoint_path, device)
+        detector = None if args.box[0] != -1 else load_detector(args.s3fd_path, device)
+        stats = lipsync_video(model, args.face, args.audio, args.outfile, detector, static=args.static,
+                              fps=args.fps, pads=args.pads, face_det_batch_size=args.face_det_batch_size,
+                              wav2lip_batch_size=args.wav2lip_batch_size, resize_factor=args.resize_factor,
+                              crop=args.crop, box=args.box, rotate=args.rotate, nosmooth=args.nosmooth,
+                              on_no_face=args.on_no_face, progress=not args.quiet)
+    except (InferenceError, videoio.VideoError, audio.AudioError, CheckpointError) as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
+    print("wrote %s: %d frames at %.3f fps, %dx%d" % (stats["outfile"], stats["frames"], stats["fps"],
+                                                     stats["width"], stats["height"]))
+    if stats["output_frames_without_face"]:
+        print("%d of %d output frames had no face and were passed through unchanged"
+              % (stats["output_frames_without_face"], stats["frames"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
