@@ -185,3 +185,26 @@ def test_cli_exit_status_and_usage_errors(checkpoints, tmp_path):
     result = run_cli("--checkpoint_path", checkpoints / "wav2lip.pth", "--face", FACE_VIDEO,
                      "--audio", SPEECH_VIDEO, "--hparams", "no_such_name=1")
     assert result.returncode == 2 and "unknown hparam" in result.stderr
+
+
+def test_embedded_detector_runs_without_s3fd_weights(checkpoints, tmp_path):
+    import face_detection
+
+    assert not (REPO / "face_detection" / "detection" / "sfd" / "s3fd.pth").exists()
+    outfile = tmp_path / "detected.mp4"
+    result = run_cli("--checkpoint_path", checkpoints / "wav2lip.pth", "--face", MEDIA / "swiz3n.mpg",
+                     "--audio", SPEECH_VIDEO, "--outfile", outfile, "--face_det_batch_size", 8)
+    assert result.returncode == 0, result.stderr
+    notice = [line for line in result.stderr.splitlines() if "face detection:" in line]
+    assert len(notice) == 1 and "embedded dlib HOG" in notice[0] and "s3fd.pth" in notice[0]
+    frames, _, _ = decode(outfile)
+    source, _, _ = decode(MEDIA / "swiz3n.mpg")
+    assert len(frames) == len(inference.mel_chunks(
+        inference.audio.melspectrogram(inference.load_speech(str(SPEECH_VIDEO))), 25.0))
+    box = face_detection.load_detector(quiet=True).detect([source[0]])[0]
+    x1, y1, x2, y2 = box
+    changed = np.abs(frames[0].astype(np.int16) - source[0].astype(np.int16)).mean(axis=2) > 12
+    assert changed[y1:y2 + 10, x1:x2].mean() > 0.3, "the detected face was not re-generated"
+    # Smoothing moves the box by a few pixels: allow a margin, nothing changes beyond it.
+    changed[max(0, y1 - 16):y2 + 26, max(0, x1 - 16):x2 + 16] = False
+    assert changed.mean() < 0.005
