@@ -59,8 +59,11 @@ def _decode(path, as_int16=False):
                 chunks.append(a.mean(axis=0, dtype=np.float32) if a.shape[0] > 1 else a[0])
         except av.FFmpegError as e:
             raise AudioError("audio of %s is corrupt: %s" % (path, e))
+        # MP4 states the exact track length (edit list); drop the AAC padding decoded past it.
+        exact = "mp4" in container.format.name and stream.duration and stream.time_base
+        length = round(stream.duration * stream.time_base * sr) if exact else None
     wav = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return wav, int(sr)
+    return wav[:length], int(sr)
 
 
 def load_wav(path, sr=hp.sample_rate, as_int16=False):

@@ -40,3 +40,13 @@ def test_errors_name_the_file(tmp_path):
         audio.load_wav(str(bad))
     with pytest.raises(audio.AudioError, match="no audio stream"):
         audio.load_wav(str(MEDIA / "obama.jpg"))
+
+
+def test_aac_padding_past_the_mp4_track_length_is_dropped():
+    from conftest import CONFORMANCE
+
+    # The LSE set's source holds the exact 16 kHz samples this mp4 was encoded from.
+    source = np.load(CONFORMANCE / "lse" / "grid_bbaf2n_source.npz")["audio_int16"]
+    wav = audio.load_wav(str(CONFORMANCE / "lse" / "grid_bbaf2n.mp4"), 16000)
+    assert len(wav) == len(source)
+    assert np.corrcoef(wav, source.astype(np.float32))[0, 1] > 0.95
