@@ -102,6 +102,7 @@ class VideoWriter:
         fd, self.tmp_path = tempfile.mkstemp(prefix=".partial-", suffix=".mp4", dir=folder)
         os.close(fd)
         self.frames_written = 0
+        self.finished = False
         self.container = av.open(self.tmp_path, "w", format="mp4")
         self.stream = self.container.add_stream("libx264", rate=_fps_fraction(fps))
         self.stream.width, self.stream.height = width, height
@@ -134,15 +135,21 @@ class VideoWriter:
             self.container.mux(self.audio_stream.encode(chunk))
         self.container.mux(self.audio_stream.encode(None))
 
+    def finish(self):
+        """Flush the encoder and add the audio (done on leaving the block if not called before)."""
+        if not self.finished:
+            self.finished = True
+            self.container.mux(self.stream.encode(None))
+            if self.audio_path is not None:
+                self._mux_audio()
+
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
         try:
             if exc_type is None:
-                self.container.mux(self.stream.encode(None))
-                if self.audio_path is not None:
-                    self._mux_audio()
+                self.finish()
             self.container.close()
             if exc_type is None:
                 umask = os.umask(0)

@@ -36,6 +36,9 @@ class EmbeddedDetector:
 
         self.device = device
         self._hog = dlib.get_frontal_face_detector()
+        # Names the detector and everything that shapes its boxes, for the detection cache.
+        self.cache_key = "dlib-hog:%s:%d:%d:%g:%g" % (dlib.__version__, WORKING_MAX_SIDE, RETRY_UPSAMPLE,
+                                                     EXTEND_TOP, EXTEND_BOTTOM)
 
     def detect(self, frames_bgr):
         """Per frame (HxWx3 uint8 BGR) the highest-scoring face as int (x1, y1, x2, y2), or None."""

@@ -4,13 +4,14 @@ The network definition is face-alignment's (the field's own S3FD, the same layer
 state_dict keys as the official `s3fd-619a316812.pth`). Decoding follows the original:
 face probability > 0.05 makes a candidate, boxes are decoded SSD-style, NMS at IoU 0.3,
 and boxes scoring above 0.5 are kept. Wav2Lip uses only the best box per frame, which is
-always the highest-scoring candidate (NMS never removes the top box), so `best_boxes` skips
-NMS altogether and needs no Python loop over candidates.
+always the first one NMS keeps, i.e. the candidate the original's `argsort()[::-1]` puts
+first, so `best_boxes` skips NMS altogether and needs no Python loop over candidates.
 """
 import numpy as np
 import torch
 import torch.nn.functional as F
 from face_alignment.detection.sfd.net_s3fd import s3fd as _FaceAlignmentS3FD
+
 
 # Means subtracted from the frames after the original flips them BGR -> RGB.
 PIXEL_MEAN = (104.0, 117.0, 123.0)
@@ -18,10 +19,49 @@ CANDIDATE_THRESHOLD = 0.05
 NMS_THRESHOLD = 0.3
 KEEP_THRESHOLD = 0.5
 STRIDES = (4, 8, 16, 32, 64, 128)
+# Pixels per forward of the trunk on the CPU: one 720p frame holds about 0.6 GB of activations.
+CPU_PIXELS_PER_FORWARD = 1280 * 720
 
 
 class S3FD(_FaceAlignmentS3FD):
-    """The bare S3FD network: forward(x (B,3,H,W) mean-subtracted) -> [cls1, reg1, ..., cls6, reg6]."""
+    """The bare S3FD network: forward(x (B,3,H,W) mean-subtracted) -> [cls1, reg1, ..., cls6, reg6].
+
+    `trunk` (conv1 to conv5 and the heads of levels 1-3: nearly all the work and memory) and
+    `tail` (fc6 onwards: levels 4-6) split the forward so that detection can run the trunk a few
+    frames at a time and the tail on the whole batch, as the original did. On the CPU the
+    trunk's results do not depend on the batch size; the tail's small maps do, by ~1e-4."""
+
+    def _convs(self, names, h):
+        for name in names:  # ReLU in place, as face-alignment does: 720p activations are 236 MB each
+            h = F.relu(getattr(self, name)(h), inplace=True)
+        return h
+
+    def trunk(self, x):
+        h = self._convs(("conv1_1", "conv1_2"), x)
+        h = self._convs(("conv2_1", "conv2_2"), F.max_pool2d(h, 2, 2))
+        f3 = self._convs(("conv3_1", "conv3_2", "conv3_3"), F.max_pool2d(h, 2, 2))
+        f4 = self._convs(("conv4_1", "conv4_2", "conv4_3"), F.max_pool2d(f3, 2, 2))
+        f5 = self._convs(("conv5_1", "conv5_2", "conv5_3"), F.max_pool2d(f4, 2, 2))
+        pool5 = F.max_pool2d(f5, 2, 2)
+        f3, f4, f5 = self.conv3_3_norm(f3), self.conv4_3_norm(f4), self.conv5_3_norm(f5)
+        c0, c1, c2, face = torch.chunk(self.conv3_3_norm_mbox_conf(f3), 4, 1)
+        cls1 = torch.cat([torch.max(torch.max(c0, c1), c2), face], dim=1)  # max-out background
+        maps = [cls1, self.conv3_3_norm_mbox_loc(f3),
+                self.conv4_3_norm_mbox_conf(f4), self.conv4_3_norm_mbox_loc(f4),
+                self.conv5_3_norm_mbox_conf(f5), self.conv5_3_norm_mbox_loc(f5)]
+        return maps, pool5
+
+    def tail(self, pool5):
+        fc7 = self._convs(("fc6", "fc7"), pool5)
+        f6 = self._convs(("conv6_1", "conv6_2"), fc7)
+        f7 = self._convs(("conv7_1", "conv7_2"), f6)
+        return [self.fc7_mbox_conf(fc7), self.fc7_mbox_loc(fc7),
+                self.conv6_2_mbox_conf(f6), self.conv6_2_mbox_loc(f6),
+                self.conv7_2_mbox_conf(f7), self.conv7_2_mbox_loc(f7)]
+
+    def forward(self, x):
+        maps, pool5 = self.trunk(x)
+        return maps + self.tail(pool5)
 
 
 def preprocess(frames_bgr, device):
@@ -84,43 +124,98 @@ def postprocess(maps):
     return out
 
 
+def _first_in_originals_order(scores, level_sizes, b):
+    """Cell the original puts first for image b when several cells tie for its top score.
+
+    The original's batch path emits, level by level, for each image I of the batch the cells
+    where I's score passes 0.05, each with image b's own score, and sorts that list with the
+    unstable `argsort()[::-1]`; the same list through the same sort gives the same winner."""
+    emitted, start = [], 0
+    for size in level_sizes:
+        passing = torch.nonzero(scores[:, start:start + size] > CANDIDATE_THRESHOLD)  # (I, cell) row-major
+        emitted.append(passing[:, 1] + start)
+        start += size
+    emitted = torch.cat(emitted)
+    order = np.argsort(scores[b, emitted].cpu().numpy())[::-1]
+    return int(emitted[int(order[0])])
+
+
 def best_boxes(maps):
     """Per image the original's chosen face (int x1, y1, x2, y2 clipped at 0) or None.
 
-    Vectorised over every anchor of every level: the chosen face is the top-scoring candidate."""
+    Vectorised over every anchor of every level: the chosen face is the top-scoring candidate,
+    with ties broken as the original's sort breaks them."""
     batch = maps[0].shape[0]
-    scores, boxes = [], []
+    scores, regs, strides, ys, xs = [], [], [], [], []
     for level, stride in enumerate(STRIDES):
-        score = F.softmax(maps[2 * level], dim=1)[:, 1].reshape(batch, -1)
         h, w = maps[2 * level].shape[2:]
-        best = score.argmax(1)
-        reg = maps[2 * level + 1].permute(0, 2, 3, 1).reshape(batch, -1, 4)
-        ys, xs = best // w, best % w
-        boxes.append(_decode(reg[torch.arange(batch), best], stride, ys, xs))
-        scores.append(score[torch.arange(batch), best])
-    scores = torch.stack(scores, 1)
-    level = scores.argmax(1)
-    top_score = scores[torch.arange(batch), level].cpu().numpy()
-    top_box = torch.stack(boxes, 1)[torch.arange(batch), level].cpu().numpy()
-    return [tuple(int(v) for v in np.maximum(box, 0)) if s > KEEP_THRESHOLD else None
-            for box, s in zip(top_box, top_score)]
+        scores.append(F.softmax(maps[2 * level], dim=1)[:, 1].reshape(batch, -1))
+        regs.append(maps[2 * level + 1].permute(0, 2, 3, 1).reshape(batch, -1, 4))
+        cells = torch.arange(h * w, device=scores[-1].device)
+        strides.append(torch.full_like(cells, stride))
+        ys.append(cells // w)
+        xs.append(cells % w)
+    level_sizes = [s.shape[1] for s in scores]
+    scores, regs = torch.cat(scores, 1), torch.cat(regs, 1)
+    strides, ys, xs = torch.cat(strides), torch.cat(ys), torch.cat(xs)
+    top, cell = scores.max(1)
+    out = []
+    for b in range(batch):
+        if top[b] <= KEEP_THRESHOLD:
+            out.append(None)
+            continue
+        c = int(cell[b])
+        if int((scores[b] == top[b]).sum()) > 1:
+            c = _first_in_originals_order(scores, level_sizes, b)
+        box = _decode(regs[b, c], int(strides[c]), ys[c], xs[c]).cpu().numpy()
+        out.append(tuple(int(v) for v in np.maximum(box, 0)))
+    return out
 
 
 class S3FDDetector:
-    """Batched S3FD face detection on BGR frames, as the original Wav2Lip runs it."""
+    """Batched S3FD face detection on BGR frames, as the original Wav2Lip runs it.
+
+    A call's frames are one batch of the original (its `face_det_batch_size`): the trunk runs
+    a memory-bounded number of frames at a time, the tail and the decoding the whole batch."""
 
     name = "S3FD"
 
     def __init__(self, weights_path, device="cpu"):
         from models.checkpoint import load_weights
 
-        self.device = device
+        self.device = torch.device(device)
+        self.weights_path = weights_path
+        self._cache_key = None
         self.net = S3FD()
         load_weights(self.net, weights_path, what="S3FD")
-        self.net.to(device).eval()
+        self.net.to(self.device).eval()
+
+    @property
+    def cache_key(self):
+        """Names this detector and its weights (by content) for the detection cache."""
+        if self._cache_key is None:
+            from .cache import file_sha256
+
+            self._cache_key = "S3FD:" + file_sha256(self.weights_path)
+        return self._cache_key
+
+    def frames_per_forward(self, frames_bgr):
+        if self.device.type != "cpu":
+            return len(frames_bgr)
+        height, width = frames_bgr[0].shape[:2]
+        return max(1, CPU_PIXELS_PER_FORWARD // (height * width))
+
+    @torch.inference_mode()
+    def maps(self, frames_bgr):
+        """The network's 12 output maps for a batch of frames."""
+        step = self.frames_per_forward(frames_bgr)
+        parts = [self.net.trunk(preprocess(frames_bgr[i:i + step], self.device))
+                 for i in range(0, len(frames_bgr), step)]
+        maps = [torch.cat([p[0][k] for p in parts]) for k in range(6)]
+        return maps + self.net.tail(torch.cat([p[1] for p in parts]))
 
     @torch.inference_mode()
     def detect(self, frames_bgr):
         if len(frames_bgr) == 0:
             return []
-        return best_boxes(self.net(preprocess(frames_bgr, self.device)))
+        return best_boxes(self.maps(frames_bgr))

@@ -1,4 +1,5 @@
 """inference.py end to end on real media, and its one-line errors on bad input."""
+import os
 import subprocess
 import sys
 
@@ -43,9 +44,15 @@ def psnr(diff):
     return 10 * np.log10(255.0 ** 2 / max(np.mean(diff ** 2), 1e-12))
 
 
-def run_cli(*args):
+def run_cli(*args, cache_home=None):
+    """inference.py in a subprocess; its detection cache goes to `cache_home` (default: none kept)."""
+    env = dict(os.environ)
+    if cache_home is not None:
+        env["XDG_CACHE_HOME"] = str(cache_home)
+    else:
+        args = args + ("--no_cache",)
     return subprocess.run([sys.executable, str(REPO / "inference.py"), *map(str, args), "--quiet"],
-                          capture_output=True, text=True, cwd=REPO, timeout=600)
+                          capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
 
 
 def test_video_to_speech_end_to_end(checkpoints, tmp_path):
@@ -193,8 +200,10 @@ def test_embedded_detector_runs_without_s3fd_weights(checkpoints, tmp_path):
     assert not (REPO / "face_detection" / "detection" / "sfd" / "s3fd.pth").exists()
     outfile = tmp_path / "detected.mp4"
     result = run_cli("--checkpoint_path", checkpoints / "wav2lip.pth", "--face", MEDIA / "swiz3n.mpg",
-                     "--audio", SPEECH_VIDEO, "--outfile", outfile, "--face_det_batch_size", 8)
+                     "--audio", SPEECH_VIDEO, "--outfile", outfile, "--face_det_batch_size", 8,
+                     cache_home=tmp_path / "cache")
     assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "cache" / "wav2lip" / "detections").glob("*.npz"))) == 1
     notice = [line for line in result.stderr.splitlines() if "face detection:" in line]
     assert len(notice) == 1 and "embedded dlib HOG" in notice[0] and "s3fd.pth" in notice[0]
     frames, _, _ = decode(outfile)

@@ -1,0 +1,78 @@
+"""Fast face detection for `inference.py --fast`: keyframes only, on small copies of the frames.
+
+Trade-offs against running the detector on every full-size frame:
+- for S3FD, frames are downscaled so that their short side is FAST_SHORT_SIDE pixels and the
+  boxes scaled back (a face must stay about 20 px tall in the small copy; other detectors pick
+  their own working size);
+- only every FAST_EVERY-th frame (and the last of each batch) is a keyframe; the boxes of the
+  frames between two keyframes are interpolated linearly, unless the face moved (an edge moved by
+  more than MOVE_TOLERANCE of the face size, or a keyframe has no face), in which case those
+  frames are detected too. Measured with the embedded detector on the four GRID clips, the
+  padded, smoothed boxes stay within 20 px (11% of the face height) of per-frame detection, 0 to
+  2.1 px on average.
+"""
+import cv2
+import numpy as np
+
+FAST_SHORT_SIDE = 180
+FAST_EVERY = 8
+MOVE_TOLERANCE = 0.1
+
+
+def downscale(frame, short_side=FAST_SHORT_SIDE):
+    """`frame` with its short side at most `short_side` pixels (None: as it is), and the scale applied."""
+    height, width = frame.shape[:2]
+    scale = 1.0 if short_side is None else min(1.0, short_side / min(height, width))
+    if scale == 1.0:
+        return frame, 1.0
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA), scale
+
+
+def moved(a, b, tolerance=MOVE_TOLERANCE):
+    """Whether the face boxes a and b (x1, y1, x2, y2) differ by more than `tolerance` of a's size."""
+    if a is None or b is None:
+        return a is not b
+    size = max(a[2] - a[0], a[3] - a[1], 1)
+    return max(abs(p - q) for p, q in zip(a, b)) > tolerance * size
+
+
+def keyframe_indices(count, every):
+    return sorted(set(range(0, count, every)) | {count - 1})
+
+
+class FastDetector:
+    """Wraps a detector (`.detect(frames) -> boxes or None`): same interface, far fewer pixels."""
+
+    def __init__(self, detector, short_side=FAST_SHORT_SIDE, every=FAST_EVERY):
+        self.detector, self.short_side, self.every = detector, short_side, every
+        self.name = "%s (fast: short side %s px, every %d frames)" % (detector.name, short_side, every)
+        base_key = getattr(detector, "cache_key", None)
+        self.cache_key = None if base_key is None else "%s|fast:%s:%d" % (base_key, short_side, every)
+
+    def _detect(self, small, scale):
+        boxes = self.detector.detect(small) if small else []
+        return [None if b is None else tuple(int(v / scale) for v in b) for b in boxes]
+
+    def detect(self, frames_bgr):
+        if len(frames_bgr) == 0:
+            return []
+        pairs = [downscale(f, self.short_side) for f in frames_bgr]
+        small, scale = [p[0] for p in pairs], pairs[0][1]
+        keys = keyframe_indices(len(small), self.every)
+        boxes = [None] * len(small)
+        for i, box in zip(keys, self._detect([small[i] for i in keys], scale)):
+            boxes[i] = box
+        redetect = []
+        for a, b in zip(keys, keys[1:]):
+            if moved(boxes[a], boxes[b]):
+                redetect.extend(range(a + 1, b))
+                continue
+            if boxes[a] is None:
+                continue
+            for i in range(a + 1, b):
+                t = (i - a) / (b - a)
+                boxes[i] = tuple(int(round(p + (q - p) * t)) for p, q in zip(boxes[a], boxes[b]))
+        for i, box in zip(redetect, self._detect([small[i] for i in redetect], scale)):
+            boxes[i] = box
+        return boxes
