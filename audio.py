@@ -8,7 +8,6 @@ import os
 import librosa
 import numpy as np
 import soxr
-from scipy import signal
 
 from hparams import hparams as hp
 
@@ -78,7 +77,13 @@ def load_wav(path, sr=hp.sample_rate, as_int16=False):
 
 
 def preemphasis(wav, k=hp.preemphasis, preemphasize=hp.preemphasize):
-    return signal.lfilter([1, -k], [1], wav) if preemphasize else wav
+    """y[n] = x[n] - k x[n-1] in float64: the same numbers as the original's scipy lfilter."""
+    if not preemphasize:
+        return wav
+    x = np.asarray(wav, dtype=np.float64)
+    y = x.copy()
+    y[1:] -= k * x[:-1]
+    return y
 
 
 def _stft(y):
