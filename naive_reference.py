@@ -4,8 +4,9 @@ For `benchmark.py --compare-naive` and the equality tests only: it is the yardst
 paths are measured against. Like the original it decodes every frame into memory first,
 runs S3FD at full resolution one batch at a time with a Python loop over every candidate
 anchor and NMS over all of them, feeds the generator batches of 128, writes a lossy DIVX
-AVI and re-encodes that with the ffmpeg command line. The numeric steps the original shares
-with the streaming pipeline (mel, mel windows, box padding and smoothing) are imported.
+AVI and re-encodes that with the ffmpeg command line. Its mel spectrogram is computed
+with scipy and librosa as the original's audio.py did; the other numeric steps it shares with
+the streaming pipeline (mel windows, box padding and smoothing) are imported.
 """
 import os
 import subprocess
@@ -17,11 +18,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import audio
 import inference
 import videoio
 from face_detection import s3fd
 from hparams import hparams
+
+
+# --------------------------------------------------------------------------- the original's mel
+def original_melspectrogram(wav):
+    """The original audio.melspectrogram: scipy pre-emphasis, librosa STFT (reflect padding, as
+    librosa 0.7) and librosa's Slaney filter bank, then dB and normalisation."""
+    import librosa
+    from scipy import signal
+
+    emphasised = signal.lfilter([1, -hparams.preemphasis], [1], wav)
+    spectrum = np.abs(librosa.stft(y=emphasised, n_fft=hparams.n_fft, hop_length=hparams.hop_size,
+                                   win_length=hparams.win_size, pad_mode="reflect"))
+    basis = librosa.filters.mel(sr=hparams.sample_rate, n_fft=hparams.n_fft, n_mels=hparams.num_mels,
+                                fmin=hparams.fmin, fmax=hparams.fmax)
+    db = 20 * np.log10(np.maximum(10 ** (hparams.min_level_db / 20), np.dot(basis, spectrum))) - hparams.ref_level_db
+    scaled = 2 * hparams.max_abs_value * (db - hparams.min_level_db) / -hparams.min_level_db - hparams.max_abs_value
+    return np.clip(scaled, -hparams.max_abs_value, hparams.max_abs_value)
 
 
 # --------------------------------------------------------------------------- S3FD as the original runs it
@@ -113,7 +130,7 @@ def lipsync_video(model, face_path, audio_path, outfile, net=None, box=(-1, -1, 
         fps = videoio.video_fps(face_path)
         frames = read_all_frames(face_path)
     with clock("mel"):
-        mel = audio.melspectrogram(inference.load_speech(audio_path))
+        mel = original_melspectrogram(inference.load_speech(audio_path))
         mels = inference.mel_chunks(mel, fps)
         frames = frames[:len(mels)]
     if box[0] == -1:

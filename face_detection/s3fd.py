@@ -168,7 +168,9 @@ def best_boxes(maps):
         if int((scores[b] == top[b]).sum()) > 1:
             c = _first_in_originals_order(scores, level_sizes, b)
         box = _decode(regs[b, c], int(strides[c]), ys[c], xs[c]).cpu().numpy()
-        out.append(tuple(int(v) for v in np.maximum(box, 0)))
+        # Clipped at 0 as the original; the rest only tames the overflow of untrained weights.
+        box = np.clip(np.nan_to_num(box, nan=0.0, posinf=2 ** 31 - 1, neginf=0.0), 0, 2 ** 31 - 1)
+        out.append(tuple(int(v) for v in box))
     return out
 
 
@@ -218,4 +220,14 @@ class S3FDDetector:
     def detect(self, frames_bgr):
         if len(frames_bgr) == 0:
             return []
-        return best_boxes(self.maps(frames_bgr))
+        height, width = frames_bgr[0].shape[:2]
+        return [None if box is None else clip_to_frame(box, width, height)
+                for box in best_boxes(self.maps(frames_bgr))]
+
+
+def clip_to_frame(box, width, height):
+    """Bound a box's far edges by the frame, as the padding step does anyway: boxes that run
+    far past the frame (untrained weights give coordinates beyond int64) stay representable,
+    and the paste boxes are unchanged."""
+    x1, y1, x2, y2 = box
+    return min(x1, width), min(y1, height), min(x2, width), min(y2, height)

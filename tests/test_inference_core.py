@@ -111,3 +111,16 @@ def test_lipsync_frames_reproduce_e2e_golden(path, e2e_models):
         np.testing.assert_array_equal(outside, source)
     # The inputs are never modified in place.
     np.testing.assert_array_equal(np.stack(frames), z["frames"])
+
+
+def test_s3fd_detector_keeps_runaway_boxes_representable(tmp_path, check):
+    """Untrained weights decode boxes far outside the frame; they are bounded by the frame."""
+    torch.save(check.make_state_dict("s3fd", 11), tmp_path / "s3fd.pth")
+    detector = face_detection.S3FDDetector(str(tmp_path / "s3fd.pth"))
+    frame = np.full((64, 96, 3), 128, np.uint8)
+    for box in detector.detect([frame, frame]):
+        assert box is None or (0 <= box[0] <= 96 and 0 <= box[2] <= 96 and 0 <= box[1] <= 64 and 0 <= box[3] <= 64)
+    maps = [m.clone() for m in detector.maps([frame])]
+    maps[1][:, 2:] = 1e4  # sizes exp(0.2 * 1e4): infinite in float32
+    maps[0][:, 1] = 50.0
+    assert all(0 <= v <= 2 ** 31 - 1 for v in s3fd.best_boxes(maps)[0])
