@@ -34,6 +34,15 @@ class HParams:
         return "\n".join("  %s: %r" % kv for kv in sorted(self.__dict__.items()))
 
 
+def parse_bool(text):
+    """true/false, yes/no or 1/0 (any case) as a bool."""
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise ValueError("expected true or false, got %r" % text)
+
+
 def _cast(text, default, name):
     if default is None or text.lower() == "none":
         if text.lower() == "none":
@@ -43,11 +52,10 @@ def _cast(text, default, name):
         except ValueError:
             raise ValueError("hparam %s expects a number or none, got %r" % (name, text))
     if isinstance(default, bool):
-        if text.lower() in ("1", "true", "yes"):
-            return True
-        if text.lower() in ("0", "false", "no"):
-            return False
-        raise ValueError("hparam %s expects true or false, got %r" % (name, text))
+        try:
+            return parse_bool(text)
+        except ValueError:
+            raise ValueError("hparam %s expects true or false, got %r" % (name, text))
     try:
         return type(default)(text)
     except ValueError:

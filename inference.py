@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import audio
 import videoio
-from hparams import add_hparams_argument, apply_overrides, hparams
+from hparams import add_hparams_argument, apply_overrides, hparams, parse_bool
 
 MEL_STEP_SIZE = 16
 # On the CPU the generator runs at most this many frames at a time: with BatchNorm folded the
@@ -456,22 +456,14 @@ def lipsync_video(model, face_path, audio_path, outfile, detector=None, *, stati
 
 
 # --------------------------------------------------------------------------- command line
-def _flag(text):
-    """The original declared --static with type=bool; accept `--static`, `--static True`, `--static 0`."""
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError("expected true or false, got %r" % text)
-
-
 def build_parser():
     p = argparse.ArgumentParser(description="Lip-sync a face video or image to speech with Wav2Lip.")
     p.add_argument("--checkpoint_path", required=True, help="Wav2Lip checkpoint (wav2lip.pth or wav2lip_gan.pth)")
     p.add_argument("--face", required=True, help="video or image with the face to animate")
     p.add_argument("--audio", required=True, help="speech: any audio file, or a video whose audio track is used")
     p.add_argument("--outfile", default="results/result_voice.mp4", help="output mp4")
-    p.add_argument("--static", type=_flag, nargs="?", const=True, default=False,
+    # The original declared --static with type=bool: accept `--static`, `--static True`, `--static 0`.
+    p.add_argument("--static", type=parse_bool, nargs="?", const=True, default=False,
                    help="use only the first frame of the video")
     p.add_argument("--fps", type=float, default=25.0, help="output fps for an image --face")
     p.add_argument("--pads", nargs=4, type=int, default=[0, 10, 0, 0], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),

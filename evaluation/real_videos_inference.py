@@ -50,7 +50,7 @@ def main(argv=None):
     device = args.device or inference.best_device()
     try:
         pairs = dubbed_pairs(args.data_root) if args.mode == "dubbed" else read_resynced_pairs(args.filelist, args.data_root)
-        model = inference.load_model(args.checkpoint_path, device)
+        model = inference.inference_model(inference.load_model(args.checkpoint_path, device))  # prepared once, not per video
         detector = load_detector(args.s3fd_path, device)
     except (ValueError, OSError) as e:
         print("error: %s" % e, file=sys.stderr)

@@ -198,14 +198,20 @@ class _Corpus(Dataset):
         print("warning: skipping video %s: %s" % (video.folder, why), file=sys.stderr)
 
 
+def two_distinct_frames(video):
+    """Two different random frame numbers of `video`, drawn as the original draws them."""
+    first = int(random.choice(video.frames))
+    second = int(random.choice(video.frames))
+    while second == first:
+        second = int(random.choice(video.frames))
+    return first, second
+
+
 class SyncNetDataset(_Corpus):
     """(face (15, H/2, W), mel (1, 80, 16), label (1,)) samples for the expert discriminator."""
 
     def draw(self, video):
-        chosen = int(random.choice(video.frames))
-        other = int(random.choice(video.frames))
-        while other == chosen:
-            other = int(random.choice(video.frames))
+        chosen, other = two_distinct_frames(video)
         # In sync: the window starts at the chosen frame; off sync: at another frame. The audio
         # always belongs to the chosen frame.
         label, start = (1.0, chosen) if random.choice([True, False]) else (0.0, other)
@@ -229,10 +235,7 @@ class Wav2LipDataset(_Corpus):
     """(input (6, 5, H, W), per-frame mels (5, 1, 80, 16), mel (1, 80, 16), target (3, 5, H, W)) samples."""
 
     def draw(self, video):
-        start = int(random.choice(video.frames))
-        reference = int(random.choice(video.frames))
-        while reference == start:
-            reference = int(random.choice(video.frames))
+        start, reference = two_distinct_frames(video)
         decoded = {}  # the two windows may overlap
         window = self.read_window(video, start, decoded)
         if window is None:
