@@ -9,7 +9,8 @@ Without --checkpoint_path / --s3fd_path the networks get the conformance kit's d
 weights (../shared/conformance): the outputs mean nothing, the arithmetic costs the same. The
 default clip is the GRID clip bbaf2n (Cooke et al. 2006, CC BY 4.0) scaled to cover 1280x720 and
 looped, driven by real speech. Every run is a separate process: its wall time includes start-up
-and model loading, and its peak memory is the process's maximum resident set size.
+and model loading, and its peak memory is the process's maximum resident set size; "in-process"
+is the lip-sync call alone (no interpreter start, imports or model loading).
 """
 import argparse
 import importlib.util
@@ -85,13 +86,16 @@ def deterministic_weights(folder):
     """Wav2Lip and S3FD weights from the conformance kit's weight rule (seed 11), saved once.
 
     Also "steady" S3FD weights: the same, but with the six heads' weights zeroed and their
-    biases set so that every anchor scores 0.88 with no offset. The network costs the same, but
-    the original's tie-break then picks the same anchor box in every frame, a box the generator
-    can use, as a real face would give; the rule weights give boxes that jump from frame to frame
-    and are mostly unusable, which would make --fast re-detect everything and generate nothing."""
+    biases set so that every anchor of the coarsest level (conv7_2, stride 128) scores 0.88 with
+    no offset and every other anchor 0.007, below the candidate threshold. The network costs
+    the same, but the original's tie-break then picks the same anchor box in every frame (in
+    the bottom right corner, clipped by the frame), a box the generator can use, as a real face
+    would give; the rule weights give boxes that jump from frame to frame and are mostly
+    unusable, which would make --fast re-detect everything and generate nothing. (Ties over
+    every anchor of every level would make the tie-break, not the network, the cost.)"""
     import torch
 
-    paths = [os.path.join(folder, name) for name in ("wav2lip_seed11.pth", "s3fd_seed11.pth", "s3fd_steady_seed11.pth")]
+    paths = [os.path.join(folder, name) for name in ("wav2lip_seed11.pth", "s3fd_seed11.pth", "s3fd_steady_l6_seed11.pth")]
     if not all(os.path.isfile(p) for p in paths):
         check = load_check()
         torch.save({"state_dict": check.make_state_dict("wav2lip", 11)}, paths[0])
@@ -100,8 +104,8 @@ def deterministic_weights(folder):
         for key, value in s3fd.items():
             if "_mbox_" in key:
                 value.zero_()
-                if key.endswith("_mbox_conf.bias"):
-                    value[-1] = 2.0  # the face logit; background logits stay 0
+                if key.endswith("_mbox_conf.bias"):  # the face logit; background logits stay 0
+                    value[-1] = 2.0 if key.startswith("conv7_2") else -5.0
         torch.save(s3fd, paths[2])
     return paths
 
@@ -126,8 +130,9 @@ def run_worker(job):
 
     if job["path"] == "detect":
         return detect_sample(job)
+    device = job.get("device", "cpu")
     dump = FrameDump(job["dump"]) if job.get("dump") else None
-    model = inference.load_model(job["checkpoint"])
+    model = inference.load_model(job["checkpoint"], device)
     if job["path"] != "naive":  # as inference.py's main does
         model = inference.inference_model(model)
     box = job.get("box") or (-1, -1, -1, -1)
@@ -139,10 +144,11 @@ def run_worker(job):
         if box[0] == -1:
             net = S3FD()
             net.load_state_dict(torch.load(job["s3fd"], weights_only=True))
-            net.eval()
+            net.to(device).eval()
+        start = time.perf_counter()
         seconds = naive_reference.lipsync_video(model, job["face"], job["audio"], job["outfile"], net, box=box,
                                                 frame_sink=dump)
-        return {"seconds": seconds}
+        return {"seconds": seconds, "run_s": time.perf_counter() - start}
     if dump is not None:  # see every frame the faithful path hands to the encoder
         write = videoio.VideoWriter.write
         videoio.VideoWriter.write = lambda self, frame: (dump(frame), write(self, frame))
@@ -150,10 +156,11 @@ def run_worker(job):
     if box[0] == -1:  # imported only then, as inference.py's main does
         from face_detection import load_detector
 
-        detector = load_detector(None if job.get("embedded") else job["s3fd"], quiet=True)
+        detector = load_detector(None if job.get("embedded") else job["s3fd"], device, quiet=True)
+    start = time.perf_counter()
     stats = inference.lipsync_video(model, job["face"], job["audio"], job["outfile"], detector, box=box,
                                     fast=job.get("fast", False), cache_dir=job.get("cache_dir"), progress=False)
-    return {"seconds": stats["seconds"], "frames": stats["frames"]}
+    return {"seconds": stats["seconds"], "frames": stats["frames"], "run_s": time.perf_counter() - start}
 
 
 def detect_sample(job):
@@ -169,15 +176,21 @@ def detect_sample(job):
     from face_detection.s3fd import S3FDDetector, clip_to_frame, preprocess
 
     frames = [f for _, f in zip(range(job["sample"]), videoio.read_frames(job["face"]))]
-    detector = S3FDDetector(job["s3fd"])
+    device = torch.device(job.get("device", "cpu"))
+    detector = S3FDDetector(job["s3fd"], device)
     out = {"frames": len(frames), "height": frames[0].shape[0], "width": frames[0].shape[1]}
-    start = time.perf_counter()
+    batch = job["batch"]
     with torch.inference_mode():
+        if device.type == "cuda":  # warm up (cuDNN picks its algorithms) and time the GPU's work
+            detector.detect(frames[:batch])
+            torch.cuda.synchronize()
+        start = time.perf_counter()
         for frame in frames:
-            detector.net(preprocess([frame], "cpu"))
+            detector.net(preprocess([frame], device))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
     out["forward_s"] = (time.perf_counter() - start) / len(frames)
     start = time.perf_counter()
-    batch = job["batch"]
     boxes = [b for i in range(0, len(frames), batch) for b in detector.detect(frames[i:i + batch])]
     out["faithful_s"] = (time.perf_counter() - start) / len(frames)
     out["faithful_boxes"] = boxes
@@ -217,7 +230,7 @@ def median_runs(job, folder, runs, before_each=None):
     wall = statistics.median(r["wall_s"] for r in results)
     seconds = {s: statistics.median(r["seconds"].get(s, 0.0) for r in results) for s in STAGES}
     return {"wall_s": wall, "walls": [r["wall_s"] for r in results], "peak_mb": max(r["peak_mb"] for r in results),
-            "seconds": seconds}
+            "run_s": statistics.median(r["run_s"] for r in results), "seconds": seconds}
 
 
 # --------------------------------------------------------------------------- comparisons and report
@@ -244,14 +257,14 @@ def compare_dumps(path_a, path_b, shape, box):
 def row(name, run, frames, seconds_of_audio, note=""):
     wall = run["wall_s"]
     stages = " ".join("%s %.1f" % (s, run["seconds"][s]) for s in STAGES if run["seconds"].get(s))
-    return ("| %s | %.1f | %.1f | %.2f | %s | %s | %s |"
-            % (name, wall, frames / wall, wall / seconds_of_audio,
+    return ("| %s | %.1f | %.1f | %.2f | %.1f | %s | %s | %s |"
+            % (name, wall, frames / wall, wall / seconds_of_audio, run["run_s"],
                "%.0f" % run["peak_mb"] if run.get("peak_mb") else "-", stages, note))
 
 
 def print_table(rows):
-    print("| path | wall s | frames/s | real-time factor | peak MB | stage seconds (overlapping) | note |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| path | wall s | frames/s | real-time factor | in-process s | peak MB | stage seconds (overlapping) | note |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for line in rows:
         print(line)
 
@@ -267,9 +280,12 @@ def main(argv=None):
     p.add_argument("--runs", type=int, default=3, help="runs per path; medians are reported")
     p.add_argument("--detect_sample", type=int, default=4, help="frames on which detection cost is measured")
     p.add_argument("--embedded", action="store_true", help="also run --fast with the embedded detector")
+    p.add_argument("--faithful-detection", dest="faithful_detection", action="store_true",
+                   help="also run the faithful path with S3FD end to end (steady weights; hours on a small CPU)")
     p.add_argument("--compare-naive", dest="compare_naive", action="store_true",
                    help="also run the original-style path and compare outputs")
     p.add_argument("--memory", action="store_true", help="peak memory for 10 s and 60 s clips instead")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (every path runs there)")
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "wav2lip-benchmark"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -311,9 +327,10 @@ def main(argv=None):
     frames = len(inference.mel_chunks(inference.audio.melspectrogram(inference.load_speech(speech)), fps))
     shape = next(videoio.read_frames(face)).shape
     audio_seconds = frames / fps
-    common = dict(checkpoint=checkpoint, s3fd=s3fd, face=face, audio=speech, outfile=os.path.join(work, "out.mp4"))
-    print("clip %s (%dx%d, %d frames at %g fps), speech %s, %d runs per path, load average %.1f"
-          % (face, shape[1], shape[0], frames, fps, speech, args.runs, os.getloadavg()[0]), flush=True)
+    common = dict(checkpoint=checkpoint, s3fd=s3fd, face=face, audio=speech, outfile=os.path.join(work, "out.mp4"),
+                  device=args.device)
+    print("device %s; clip %s (%dx%d, %d frames at %g fps), speech %s, %d runs per path, load average %.1f"
+          % (args.device, face, shape[1], shape[0], frames, fps, speech, args.runs, os.getloadavg()[0]), flush=True)
 
     samples = [measure(dict(common, path="detect", sample=args.detect_sample, batch=1, naive=args.compare_naive),
                        work) for _ in range(args.runs)]
@@ -341,6 +358,9 @@ def main(argv=None):
             row("fast (first run)", fast, frames, audio_seconds, "S3FD, steady weights"),
             row("fast, cached re-run with new audio", cached, frames, audio_seconds, "S3FD, steady weights")]
     speedups = ["cached re-run vs first fast run: %.1fx faster" % (fast["wall_s"] / cached["wall_s"])]
+    if args.faithful_detection:
+        detected = median_runs(dict(common, path="faithful", s3fd=steady_s3fd), work, args.runs)
+        rows.insert(2, row("faithful with detection, measured", detected, frames, audio_seconds, "S3FD, steady weights"))
     if args.embedded:
         embedded = median_runs(dict(common, path="faithful", fast=True, embedded=True), work, args.runs)
         rows.append(row("fast (first run)", embedded, frames, audio_seconds, "embedded detector"))
@@ -375,8 +395,9 @@ def main(argv=None):
 
 def extrapolated_row(name, box_run, detect_per_frame, frames, seconds_of_audio):
     wall = box_run["wall_s"] + detect_per_frame * frames
-    return ("| %s | %.0f | %.2f | %.1f | - | detect %.0f (extrapolated) | the --box run + %d frames x %.2f s |"
-            % (name, wall, frames / wall, wall / seconds_of_audio, detect_per_frame * frames, frames, detect_per_frame))
+    return ("| %s | %.0f | %.2f | %.1f | %.0f | - | detect %.0f (extrapolated) | the --box run + %d frames x %.2f s |"
+            % (name, wall, frames / wall, wall / seconds_of_audio, box_run["run_s"] + detect_per_frame * frames,
+               detect_per_frame * frames, frames, detect_per_frame))
 
 
 def fmt(values):

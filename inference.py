@@ -264,6 +264,21 @@ def inference_model(model):
     return fused
 
 
+@contextmanager
+def full_float32(enabled=True):
+    """Convolutions and matrix products in full float32 on CUDA (TF32 off) while inside.
+
+    PyTorch lets cuDNN use TF32 (10-bit mantissas) by default, which exceeds the conformance
+    tolerances; the original's GPUs had no TF32."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if enabled:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def fast_dtype(device):
     """Reduced precision for --fast: bfloat16 on CPUs with native support, float16 on CUDA."""
     device = torch.device(device)
@@ -391,43 +406,55 @@ def lipsync_video(model, face_path, audio_path, outfile, detector=None, *, stati
     clock = StageClock()
     source = FaceSource(face_path, static, fps, resize_factor, rotate, crop)
     with clock("mel"):
-        wav = load_speech(audio_path)
-        mel = audio.melspectrogram(wav)
+        mel = audio.melspectrogram(load_speech(audio_path))
     if np.isnan(mel).any():
         raise InferenceError("the mel spectrogram of %s contains NaN; re-encode the audio as 16 kHz wav" % audio_path)
     windows = mel_chunks(mel, source.fps)
     count = len(windows)
+    with full_float32(enabled=not fast):  # no TF32 on CUDA: the original's float32 numbers
+        if box[0] == -1:
+            detections, shape = _detections(source, detector, count, face_det_batch_size, progress, clock, fast,
+                                            cache_dir)
+            boxes = face_boxes_with_gaps(detections, shape, pads, nosmooth)
+        else:
+            first = next(source.frames(), None)
+            if first is None:
+                raise InferenceError("%s has no decodable video frames" % face_path)
+            shape, boxes = first.shape, [tuple(box)]
+        missing = sum(b is None for b in boxes)
+        if missing and on_no_face == "error":
+            raise InferenceError("no face found in frame %d of %s (%d frames without a face); check the video or "
+                                 "pass --box, or drop --on_no_face error" % (boxes.index(None), face_path, missing))
+        if missing == len(boxes):
+            raise InferenceError("no face found in any frame of %s; pass --box top bottom left right" % face_path)
+        _render(model, source, windows, boxes, shape, outfile, audio_path, wav2lip_batch_size, fast, progress, clock)
+    height, width = shape[:2]
+    frames_without_face = sum(boxes[i % len(boxes)] is None for i in range(count))
+    return {"outfile": outfile, "frames": count, "fps": source.fps, "width": width, "height": height,
+            "input_frames_without_face": missing, "output_frames_without_face": frames_without_face,
+            "seconds": dict(clock.seconds)}
 
-    if box[0] == -1:
-        if detector is None:
-            raise InferenceError("no face detector given and no --box")
-        from face_detection.cache import DetectionCache
-        from face_detection.fast import FAST_SHORT_SIDE, FastDetector
-        from face_detection.s3fd import S3FDDetector
 
-        if fast:  # S3FD gets small copies of the frames; other detectors choose their own size
-            detector = FastDetector(detector, FAST_SHORT_SIDE if isinstance(detector, S3FDDetector) else None)
-        cache = DetectionCache(cache_dir) if cache_dir else None
-        detections, shape = find_faces(source, detector, count, face_det_batch_size, progress, clock, cache)
-        boxes = face_boxes_with_gaps(detections, shape, pads, nosmooth)
-    else:
-        first = next(source.frames(), None)
-        if first is None:
-            raise InferenceError("%s has no decodable video frames" % face_path)
-        shape = first.shape
-        y1, y2, x1, x2 = box
-        boxes = [(y1, y2, x1, x2)]
-    missing = sum(b is None for b in boxes)
-    if missing and on_no_face == "error":
-        first = boxes.index(None)
-        raise InferenceError("no face found in frame %d of %s (%d frames without a face); check the "
-                             "video or pass --box, or drop --on_no_face error" % (first, face_path, missing))
-    if missing == len(boxes):
-        raise InferenceError("no face found in any frame of %s; pass --box top bottom left right" % face_path)
+def _detections(source, detector, count, batch_size, progress, clock, fast, cache_dir):
+    if detector is None:
+        raise InferenceError("no face detector given and no --box")
+    from face_detection.cache import DetectionCache
+    from face_detection.fast import FAST_SHORT_SIDE, FastDetector
+    from face_detection.s3fd import S3FDDetector
 
+    if fast:  # S3FD gets small copies of the frames; other detectors choose their own size
+        detector = FastDetector(detector, FAST_SHORT_SIDE if isinstance(detector, S3FDDetector) else None)
+    cache = DetectionCache(cache_dir) if cache_dir else None
+    return find_faces(source, detector, count, batch_size, progress, clock, cache)
+
+
+def _render(model, source, windows, boxes, shape, outfile, audio_path, batch_size, fast, progress, clock):
+    """Generate, paste and encode every output frame, streaming."""
     generator = inference_model(model)
     device = next(generator.parameters()).device
-    batch_size = min(wav2lip_batch_size, CPU_GENERATOR_BATCH) if device.type == "cpu" else wav2lip_batch_size
+    if device.type == "cpu":
+        batch_size = min(batch_size, CPU_GENERATOR_BATCH)
+    count = len(windows)
     height, width = shape[:2]
     # Decoded frames wait a few at a time; generated ones a batch, so that the encoder has work
     # while the next batch is generated.
@@ -449,10 +476,6 @@ def lipsync_video(model, face_path, audio_path, outfile, detector=None, *, stati
             writer.finish()
     if written != count:
         raise InferenceError("wrote %d frames, expected %d" % (written, count))
-    frames_without_face = sum(boxes[i % len(boxes)] is None for i in range(count))
-    return {"outfile": outfile, "frames": count, "fps": source.fps, "width": width, "height": height,
-            "input_frames_without_face": missing, "output_frames_without_face": frames_without_face,
-            "seconds": dict(clock.seconds)}
 
 
 # --------------------------------------------------------------------------- command line

@@ -13,7 +13,6 @@ import subprocess
 import tempfile
 
 import cv2
-import imageio_ffmpeg
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -45,12 +44,13 @@ def original_melspectrogram(wav):
 def batch_detect(net, images_rgb):
     """The original's `batch_detect`: every candidate of the batch, (N, B, 5), one anchor at a time."""
     imgs = (images_rgb - np.array([104, 117, 123])).transpose(0, 3, 1, 2)
-    imgs = torch.from_numpy(imgs).float()
+    imgs = torch.from_numpy(imgs).float().to(next(net.parameters()).device)
     batch = imgs.shape[0]
     with torch.no_grad():
         olist = net(imgs)
     for i in range(len(olist) // 2):
         olist[i * 2] = F.softmax(olist[i * 2], dim=1)
+    olist = [o.cpu() for o in olist]
     bboxlist = []
     for i in range(len(olist) // 2):
         ocls, oreg = olist[i * 2], olist[i * 2 + 1]
@@ -152,8 +152,9 @@ def lipsync_video(model, face_path, audio_path, outfile, net=None, box=(-1, -1, 
                 if batch is None:
                     break
                 img_batch, mel_batch, frame_batch, coords_batch = batch
-                img_batch = torch.FloatTensor(np.transpose(img_batch, (0, 3, 1, 2)))
-                mel_batch = torch.FloatTensor(np.transpose(mel_batch, (0, 3, 1, 2)))
+                device = next(model.parameters()).device
+                img_batch = torch.FloatTensor(np.transpose(img_batch, (0, 3, 1, 2))).to(device)
+                mel_batch = torch.FloatTensor(np.transpose(mel_batch, (0, 3, 1, 2))).to(device)
                 with torch.no_grad():
                     pred = model(mel_batch, img_batch)
                 pred = pred.cpu().numpy().transpose(0, 2, 3, 1) * 255.
@@ -166,6 +167,8 @@ def lipsync_video(model, face_path, audio_path, outfile, net=None, box=(-1, -1, 
                     writer.write(f)
         with clock("encode"):
             writer.release()
+            import imageio_ffmpeg  # only here: the detection cost is measured where it is not installed
+
             command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", audio_path,
                        "-i", avi, "-strict", "-2", "-q:v", "1", outfile]
             subprocess.run(command, check=True)

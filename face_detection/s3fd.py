@@ -19,27 +19,48 @@ CANDIDATE_THRESHOLD = 0.05
 NMS_THRESHOLD = 0.3
 KEEP_THRESHOLD = 0.5
 STRIDES = (4, 8, 16, 32, 64, 128)
-# Pixels per forward of the trunk on the CPU: one 720p frame holds about 0.6 GB of activations.
-CPU_PIXELS_PER_FORWARD = 1280 * 720
+# On the CPU the trunk runs one frame at a time (as fast as any batch there, at 180p and 720p),
+# and its full- and half-resolution stages (64 and 128 channels: 236 MB per map at 720p) in
+# strips of rows of at most this many pixels. The strips overlap by STRIP_HALO rows, enough for
+# their four 3x3 convolutions, so the result is the whole frame's, bit for bit.
+CPU_PIXELS_PER_STRIP = 1280 * 180
+STRIP_HALO = 8
 
 
 class S3FD(_FaceAlignmentS3FD):
     """The bare S3FD network: forward(x (B,3,H,W) mean-subtracted) -> [cls1, reg1, ..., cls6, reg6].
 
     `trunk` (conv1 to conv5 and the heads of levels 1-3: nearly all the work and memory) and
-    `tail` (fc6 onwards: levels 4-6) split the forward so that detection can run the trunk a few
-    frames at a time and the tail on the whole batch, as the original did. On the CPU the
-    trunk's results do not depend on the batch size; the tail's small maps do, by ~1e-4."""
+    `tail` (fc6 onwards: levels 4-6) split the forward so that detection can run the trunk a
+    frame at a time (in strips) and the tail on the whole batch, as the original did. On the CPU
+    the trunk's results do not depend on the batch size; the tail's small maps do, by ~1e-4."""
 
     def _convs(self, names, h):
         for name in names:  # ReLU in place, as face-alignment does: 720p activations are 236 MB each
             h = F.relu(getattr(self, name)(h), inplace=True)
         return h
 
-    def trunk(self, x):
+    def _early(self, x):
         h = self._convs(("conv1_1", "conv1_2"), x)
         h = self._convs(("conv2_1", "conv2_2"), F.max_pool2d(h, 2, 2))
-        f3 = self._convs(("conv3_1", "conv3_2", "conv3_3"), F.max_pool2d(h, 2, 2))
+        return F.max_pool2d(h, 2, 2)
+
+    def early_in_strips(self, x, rows):
+        """conv1 and conv2 (to the second pooling) on strips of `rows` input rows (a multiple of 4)."""
+        height = x.shape[2]
+        parts = []
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            start = max(0, top - STRIP_HALO)  # a multiple of 4, so the poolings keep the frame's grid
+            h = self._early(x[:, :, start:min(height, bottom + STRIP_HALO)])
+            first = (top - start) // 4
+            parts.append(h[:, :, first:first + bottom // 4 - top // 4])
+        return torch.cat(parts, 2)
+
+    def trunk(self, x, strip_rows=None):
+        """`strip_rows` (a multiple of 4) bounds memory: the same result in strips (see CPU_PIXELS_PER_STRIP)."""
+        h = self._early(x) if strip_rows is None or strip_rows >= x.shape[2] else self.early_in_strips(x, strip_rows)
+        f3 = self._convs(("conv3_1", "conv3_2", "conv3_3"), h)
         f4 = self._convs(("conv4_1", "conv4_2", "conv4_3"), F.max_pool2d(f3, 2, 2))
         f5 = self._convs(("conv5_1", "conv5_2", "conv5_3"), F.max_pool2d(f4, 2, 2))
         pool5 = F.max_pool2d(f5, 2, 2)
@@ -65,15 +86,20 @@ class S3FD(_FaceAlignmentS3FD):
 
 
 def preprocess(frames_bgr, device):
-    """uint8 BGR frames (B,H,W,3) -> the network input, exactly as the original builds it."""
-    x = torch.from_numpy(np.ascontiguousarray(np.asarray(frames_bgr)[..., ::-1])).to(device)
-    x = x.permute(0, 3, 1, 2).float()
+    """uint8 BGR frames (B,H,W,3) -> the network input, exactly as the original builds it.
+
+    The uint8 frames travel to the device as they are; BGR -> RGB and float there."""
+    x = torch.from_numpy(np.ascontiguousarray(frames_bgr)).to(device)
+    x = x.permute(0, 3, 1, 2).flip(1).float()
     return x - torch.tensor(PIXEL_MEAN, device=device).view(1, 3, 1, 1)
 
 
 def _decode(reg, stride, ys, xs):
-    """SSD decoding of offsets `reg` (..., 4) at cells (ys, xs) of a level, in float32 like the original."""
+    """SSD decoding of offsets `reg` (N, 4) at cells (ys, xs) of stride `stride` (a number or one per
+    row), in float32 like the original."""
     anchor = 4.0 * stride
+    if torch.is_tensor(anchor):
+        anchor = anchor[:, None]
     centre = torch.stack([stride / 2 + xs * stride, stride / 2 + ys * stride], -1).float()
     xy = centre + reg[..., :2] * 0.1 * anchor
     wh = anchor * torch.exp(reg[..., 2:] * 0.2)
@@ -159,26 +185,23 @@ def best_boxes(maps):
     scores, regs = torch.cat(scores, 1), torch.cat(regs, 1)
     strides, ys, xs = torch.cat(strides), torch.cat(ys), torch.cat(xs)
     top, cell = scores.max(1)
-    out = []
-    for b in range(batch):
-        if top[b] <= KEEP_THRESHOLD:
-            out.append(None)
-            continue
-        c = int(cell[b])
-        if int((scores[b] == top[b]).sum()) > 1:
-            c = _first_in_originals_order(scores, level_sizes, b)
-        box = _decode(regs[b, c], int(strides[c]), ys[c], xs[c]).cpu().numpy()
-        # Clipped at 0 as the original; the rest only tames the overflow of untrained weights.
-        box = np.clip(np.nan_to_num(box, nan=0.0, posinf=2 ** 31 - 1, neginf=0.0), 0, 2 ** 31 - 1)
-        out.append(tuple(int(v) for v in box))
-    return out
+    ties = (scores == top[:, None]).sum(1)
+    # One transfer from the device for the whole batch (a GPU waits at every transfer).
+    top, cell, ties = (t.cpu().numpy() for t in (top, cell, ties))
+    for b in np.flatnonzero((ties > 1) & (top > KEEP_THRESHOLD)):
+        cell[b] = _first_in_originals_order(scores, level_sizes, b)
+    cell = torch.from_numpy(cell).to(regs.device)
+    boxes = _decode(regs[torch.arange(batch, device=regs.device), cell], strides[cell], ys[cell], xs[cell])
+    # Clipped at 0 as the original; the rest only tames the overflow of untrained weights.
+    boxes = np.clip(np.nan_to_num(boxes.cpu().numpy(), nan=0.0, posinf=2 ** 31 - 1, neginf=0.0), 0, 2 ** 31 - 1)
+    return [None if top[b] <= KEEP_THRESHOLD else tuple(int(v) for v in boxes[b]) for b in range(batch)]
 
 
 class S3FDDetector:
     """Batched S3FD face detection on BGR frames, as the original Wav2Lip runs it.
 
-    A call's frames are one batch of the original (its `face_det_batch_size`): the trunk runs
-    a memory-bounded number of frames at a time, the tail and the decoding the whole batch."""
+    A call's frames are one batch of the original (its `face_det_batch_size`): on the CPU the
+    trunk runs a frame at a time in strips of rows, the tail and the decoding the whole batch."""
 
     name = "S3FD"
 
@@ -202,16 +225,17 @@ class S3FDDetector:
         return self._cache_key
 
     def frames_per_forward(self, frames_bgr):
-        if self.device.type != "cpu":
-            return len(frames_bgr)
-        height, width = frames_bgr[0].shape[:2]
-        return max(1, CPU_PIXELS_PER_FORWARD // (height * width))
+        return 1 if self.device.type == "cpu" else len(frames_bgr)
+
+    def strip_rows(self, width):
+        """Rows per strip of the trunk's early stages for frames of `width` (None: whole frames)."""
+        return max(4, CPU_PIXELS_PER_STRIP // width // 4 * 4) if self.device.type == "cpu" else None
 
     @torch.inference_mode()
     def maps(self, frames_bgr):
         """The network's 12 output maps for a batch of frames."""
-        step = self.frames_per_forward(frames_bgr)
-        parts = [self.net.trunk(preprocess(frames_bgr[i:i + step], self.device))
+        step, rows = self.frames_per_forward(frames_bgr), self.strip_rows(frames_bgr[0].shape[1])
+        parts = [self.net.trunk(preprocess(frames_bgr[i:i + step], self.device), rows)
                  for i in range(0, len(frames_bgr), step)]
         maps = [torch.cat([p[0][k] for p in parts]) for k in range(6)]
         return maps + self.net.tail(torch.cat([p[1] for p in parts]))

@@ -38,3 +38,22 @@ def test_e2e_golden_on_cuda(check):
         y1, y2, x1, x2 = z["boxes"][t]
         diff = np.abs(out[y1:y2, x1:x2].astype(np.int16) - z["patch_%d" % t].astype(np.int16))
         assert diff.max() <= 3 and diff.mean() <= 0.05
+
+
+def test_video_pipeline_computes_in_full_float32_on_cuda(check, tmp_path):
+    """The faithful path turns PyTorch's default TF32 off while it runs (and restores it); --fast keeps it."""
+    from conftest import MEDIA
+
+    model = Wav2Lip()
+    model.load_state_dict(check.make_state_dict("wav2lip", 11))
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(torch.backends.cudnn.allow_tf32))
+    model = model.cuda().eval()
+    for fast in (False, True):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        seen.clear()
+        stats = inference.lipsync_video(model, str(MEDIA / "bbaf2n.mpg"), str(MEDIA / "jfk.wav"),
+                                        str(tmp_path / "out.mp4"), box=(60, 220, 110, 250), fast=fast,
+                                        progress=False)
+        assert stats["frames"] > 200 and seen and set(seen) == {fast}
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32

@@ -66,7 +66,6 @@ def test_s3fd_boxes_equal_the_original_style_loop_including_ties(s3fd_path, monk
                  for b in range(len(frames))]
     assert min(top_cells) > 1, "the weights no longer produce ties; the test lost its point"
 
-    monkeypatch.setattr(s3fd, "CPU_PIXELS_PER_FORWARD", 144 * 180)        # the trunk one frame at a time
     for batch in (1, 3):
         faithful = [b for i in range(0, 6, batch) for b in detector.detect(frames[i:i + batch])]
         naive = naive_reference.face_detect(detector.net, frames, batch)
@@ -75,13 +74,13 @@ def test_s3fd_boxes_equal_the_original_style_loop_including_ties(s3fd_path, monk
         assert faithful != naive, "no box ran past the frame; the bounding went untested"
 
 
-def test_s3fd_trunk_in_pieces_gives_the_whole_batch_maps(s3fd_path, monkeypatch):
+def test_s3fd_trunk_in_frames_and_strips_gives_the_whole_batch_maps(s3fd_path, monkeypatch):
     detector = s3fd.S3FDDetector(str(s3fd_path))
-    frames = grid_frames(count=3)
+    frames = [f[:286, :358].copy() for f in grid_frames(count=3)]         # rows not a multiple of 4
     with torch.inference_mode():
         whole = detector.net(s3fd.preprocess(frames, "cpu"))
-    monkeypatch.setattr(s3fd, "CPU_PIXELS_PER_FORWARD", 288 * 360)
-    assert detector.frames_per_forward(frames) == 1
+    monkeypatch.setattr(s3fd, "CPU_PIXELS_PER_STRIP", 358 * 52)           # 6 strips, the last one short
+    assert detector.frames_per_forward(frames) == 1 and detector.strip_rows(358) == 52
     for got, expected in zip(detector.maps(frames), whole):
         assert torch.equal(got, expected)
 
