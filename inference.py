@@ -114,13 +114,14 @@ def face_boxes_with_gaps(detections, frame_shape, pads=(0, 10, 0, 0), nosmooth=F
     return out
 
 
-def _model_input(crops, mels, device):
+def _model_input(crops, mels, device, dtype):
     faces = _UINT8_TO_UNIT[np.stack(crops)]                       # (B, 96, 96, 3)
     masked = faces.copy()
     masked[:, hparams.img_size // 2:] = 0
     faces = np.concatenate([masked, faces], axis=3).transpose(0, 3, 1, 2)
     mel_batch = np.stack(mels).astype(np.float32)[:, None]        # (B, 1, 80, 16)
-    return (torch.from_numpy(mel_batch).to(device), torch.from_numpy(np.ascontiguousarray(faces)).to(device))
+    return (torch.from_numpy(mel_batch).to(device, dtype),
+            torch.from_numpy(np.ascontiguousarray(faces)).to(device, dtype))
 
 
 def _usable(box):
@@ -134,8 +135,8 @@ def _generate_batch(model, batch, device, dtype, clock):
         with clock("generate"):
             crops = [cv2.resize(f[b[0]:b[1], b[2]:b[3]], (hparams.img_size, hparams.img_size))
                      for f, _, b in with_face]
-            mel_t, face_t = _model_input(crops, [m for _, m, _ in with_face], device)
-            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            mel_t, face_t = _model_input(crops, [m for _, m, _ in with_face], device, dtype)
+            with torch.inference_mode():
                 pred = model(mel_t, face_t)
             # `* 255` then truncation to uint8, as the original does per frame.
             patches = (pred.float().cpu().numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
@@ -145,13 +146,13 @@ def _generate_batch(model, batch, device, dtype, clock):
     return [frame for frame, _, _ in batch]
 
 
-def lipsync_stream(model, items, batch_size=128, dtype=None, clock=None, copy_frames=True):
+def lipsync_stream(model, items, batch_size=128, clock=None, copy_frames=True):
     """Yield output frames for an iterable of (frame, mel window, box or None), in bounded batches.
 
     Frames are copied before pasting (unless `copy_frames` is False: frames nobody else holds);
-    a None (or empty) box passes the frame through unchanged. `dtype` runs the generator under
-    autocast (reduced precision, --fast); `clock` times stages."""
-    device = next(model.parameters()).device
+    a None (or empty) box passes the frame through unchanged. The model computes in the dtype
+    of its weights (reduced precision for --fast: see inference_model); `clock` times stages."""
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     clock = clock or StageClock()
     batch = []
     for frame, mel, box in items:
@@ -244,13 +245,21 @@ def in_background(iterable, depth):
         worker.join()
 
 
-def inference_model(model):
+def inference_model(model, dtype=None):
     """A copy of the generator for inference: BatchNorm folded into the convolutions, ReLUs in
-    place, and channels-last on the CPU (faster there). The same numbers within float32 noise."""
+    place, and channels-last on the CPU (faster there). The same numbers within float32 noise,
+    unless `dtype` (--fast: fast_dtype) converts the weights, and so the computation, to less
+    precision (converted once, not cast at every call as autocast does)."""
+    if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+        model = _folded(model)
+    elif dtype is not None and next(model.parameters()).dtype != dtype:
+        model = copy.deepcopy(model)
+    return model if dtype is None else model.to(dtype)
+
+
+def _folded(model):
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    if not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
-        return model  # already prepared
     fused = copy.deepcopy(model).eval()
     for module in fused.modules():
         block = getattr(module, "conv_block", None)
@@ -439,19 +448,20 @@ def _detections(source, detector, count, batch_size, progress, clock, fast, cach
     if detector is None:
         raise InferenceError("no face detector given and no --box")
     from face_detection.cache import DetectionCache
-    from face_detection.fast import FAST_SHORT_SIDE, FastDetector
+    from face_detection.fast import FAST_BATCH, FAST_SHORT_SIDE, FastDetector
     from face_detection.s3fd import S3FDDetector
 
     if fast:  # S3FD gets small copies of the frames; other detectors choose their own size
         detector = FastDetector(detector, FAST_SHORT_SIDE if isinstance(detector, S3FDDetector) else None)
+        batch_size = max(batch_size, FAST_BATCH)
     cache = DetectionCache(cache_dir) if cache_dir else None
     return find_faces(source, detector, count, batch_size, progress, clock, cache)
 
 
 def _render(model, source, windows, boxes, shape, outfile, audio_path, batch_size, fast, progress, clock):
     """Generate, paste and encode every output frame, streaming."""
-    generator = inference_model(model)
-    device = next(generator.parameters()).device
+    device = next(model.parameters()).device
+    generator = inference_model(model, fast_dtype(device) if fast else None)
     if device.type == "cpu":
         batch_size = min(batch_size, CPU_GENERATOR_BATCH)
     count = len(windows)
@@ -461,8 +471,8 @@ def _render(model, source, windows, boxes, shape, outfile, audio_path, batch_siz
     frames = in_background(timed(source.cycle(count), clock, "decode"), DECODE_AHEAD)
     items = ((frame, windows[i], boxes[index % len(boxes)]) for i, (index, frame) in enumerate(frames))
     # A video's frames are decoded afresh for every use; an image's one frame is reused.
-    outputs = in_background(lipsync_stream(generator, items, batch_size, fast_dtype(device) if fast else None,
-                                           clock, copy_frames=source.image is not None), batch_size)
+    outputs = in_background(lipsync_stream(generator, items, batch_size, clock, copy_frames=source.image is not None),
+                            batch_size)
     with videoio.VideoWriter(outfile, source.fps, width, height, audio_path=audio_path,
                              preset=FAST_PRESET if fast else PRESET) as writer:
         bar = tqdm(total=count, desc="lip-sync", unit="frame", disable=not progress)

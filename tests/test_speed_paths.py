@@ -141,7 +141,7 @@ def test_fast_generator_within_stated_tolerance(clip, wav2lip):
     y1, y2, x1, x2 = BOX
     items = [(f, m, BOX) for f, m in zip(frames, windows)]
     exact = list(inference.lipsync_stream(generator, items, 32))
-    fast = list(inference.lipsync_stream(generator, items, 32, dtype=inference.fast_dtype("cpu")))
+    fast = list(inference.lipsync_stream(inference.inference_model(generator, inference.fast_dtype("cpu")), items, 32))
     mouth = slice((y1 + y2) // 2, y2), slice(x1, x2)
     diff = np.abs(np.stack(exact)[:, mouth[0], mouth[1]].astype(np.int16)
                   - np.stack(fast)[:, mouth[0], mouth[1]].astype(np.int16))
