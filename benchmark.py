@@ -337,8 +337,8 @@ def main(argv=None):
     per_frame = {k: statistics.median(s[k] for s in samples) for k in ("forward_s", "faithful_s", "naive_s")
                  if k in samples[0]}
     sample = samples[0]
-    print("S3FD on %d frames of %dx%d, one at a time: bare network forward %.2f s/frame, faithful detection "
-          "%.2f s/frame (%+.1f%%)" % (sample["frames"], sample["width"], sample["height"], per_frame["forward_s"],
+    print("S3FD on %d frames of %dx%d, one at a time: bare network forward %.3f s/frame, faithful detection "
+          "%.3f s/frame (%+.1f%%)" % (sample["frames"], sample["width"], sample["height"], per_frame["forward_s"],
                                       per_frame["faithful_s"],
                                       100 * (per_frame["faithful_s"] / per_frame["forward_s"] - 1)), flush=True)
     faithful = median_runs(dict(common, path="faithful", box=box), work, args.runs)
