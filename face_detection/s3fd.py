@@ -207,14 +207,23 @@ class S3FDDetector:
     name = "S3FD"
 
     def __init__(self, weights_path, device="cpu"):
-        from models.checkpoint import load_weights
+        from models.checkpoint import require_file
 
         self.device = torch.device(device)
-        self.weights_path = weights_path
+        self.weights_path = require_file(weights_path)
         self._cache_key = None
-        self.net = S3FD()
-        load_weights(self.net, weights_path, what="S3FD")
-        self.net.to(self.device).eval()
+        self._net = None
+
+    @property
+    def net(self):
+        """The network, loaded at first use: a re-run that finds its detections cached never loads it."""
+        if self._net is None:
+            from models.checkpoint import load_weights
+
+            net = S3FD()
+            load_weights(net, self.weights_path, what="S3FD")
+            self._net = net.to(self.device).eval()
+        return self._net
 
     @property
     def cache_key(self):

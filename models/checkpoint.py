@@ -91,11 +91,17 @@ def guess_network(state_dict):
     return None
 
 
-def _read(path):
-    """(checkpoint dict or {} for a bare state_dict, state_dict with "module." stripped)."""
+def require_file(path):
+    """`path` as a string; CheckpointError when no file is there."""
     name = os.fspath(path)
     if not os.path.isfile(name):
         raise CheckpointError(f"no checkpoint file at {name}; check the path")
+    return name
+
+
+def _read(path):
+    """(checkpoint dict or {} for a bare state_dict, state_dict with "module." stripped)."""
+    name = require_file(path)
     try:
         loaded = torch.load(name, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, KeyError... on bad files

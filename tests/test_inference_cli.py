@@ -183,6 +183,19 @@ def test_bad_inputs_give_one_line_errors(checkpoints, tmp_path, capsys):
         assert not outfile.parent.exists() or not list(outfile.parent.iterdir()), name
 
 
+def test_bad_s3fd_weights_give_one_line_errors(checkpoints, tmp_path, capsys):
+    """S3FD is loaded at its first use (a cached re-run never loads it), still before any output."""
+    for s3fd_path, message in ((tmp_path / "none.pth", "no checkpoint file"),
+                               (checkpoints / "lipsync_expert.pth", "does not fit S3FD")):
+        outfile = tmp_path / "out" / "result.mp4"
+        code = inference.main(["--checkpoint_path", str(checkpoints / "wav2lip.pth"), "--face", str(FACE_VIDEO),
+                               "--audio", str(SPEECH_VIDEO), "--outfile", str(outfile), "--s3fd_path",
+                               str(s3fd_path), "--cache_dir", str(tmp_path / "cache"), "--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+        assert not outfile.exists()
+
+
 def test_cli_exit_status_and_usage_errors(checkpoints, tmp_path):
     result = run_cli("--checkpoint_path", checkpoints / "lipsync_expert.pth", "--face", FACE_VIDEO,
                      "--audio", SPEECH_VIDEO, "--outfile", tmp_path / "x.mp4")

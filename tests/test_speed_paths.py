@@ -277,3 +277,7 @@ def test_cached_rerun_gives_the_same_video(tmp_path, s3fd_path, wav2lip, monkeyp
     assert detected == [] and len(seen) == len(first) == stats["frames"]
     assert all(np.array_equal(a, b) for a, b in zip(first, seen))
     assert len(list((tmp_path / "cache").iterdir())) == 1
+    # A new process's detector never loads its network when the detections are cached.
+    fresh = s3fd.S3FDDetector(str(s3fd_path))
+    inference.lipsync_video(wav2lip, str(GRID), str(SPEECH), str(tmp_path / "c.mp4"), fresh, **options)
+    assert fresh._net is None
