@@ -415,23 +415,24 @@ def memory_report(work, checkpoint, s3fd, steady_s3fd, args):
     """Peak memory on 10 s and 60 s of 720p: faithful with --box, --fast with S3FD (steady
     weights); and the faithful path with S3FD end to end on 2 s of 720p (its detection pass
     keeps only boxes, so its peak does not grow with the length; 60 s would take an hour)."""
-    rows = []
-    for seconds in (10, 60, 2):
+    def clip_job(seconds):
         face = os.path.join(work, "grid_720p_%ds.mp4" % seconds)
         speech = os.path.join(work, "speech_%ds.wav" % seconds)
         box = make_clip(face, seconds)
         make_speech(speech, seconds, ["jfk.wav"] if seconds <= 10 else ["fleurs-de-009.ogg", "fleurs-fr-001.ogg"])
-        common = dict(checkpoint=checkpoint, s3fd=s3fd, face=face, audio=speech, outfile=os.path.join(work, "out.mp4"),
-                      device=args.device)
-        if seconds == 2:
-            detected = measure(dict(common, path="faithful", s3fd=steady_s3fd), work)
-            print("2 s of 720p: faithful with S3FD detection %.0f MB (%.0f s)" % (detected["peak_mb"], detected["wall_s"]))
-            break
-        faithful = measure(dict(common, path="faithful", box=box), work)
-        fast = measure(dict(common, path="faithful", fast=True, s3fd=steady_s3fd), work)
+        return dict(checkpoint=checkpoint, s3fd=s3fd, face=face, audio=speech, outfile=os.path.join(work, "out.mp4"),
+                    device=args.device, path="faithful"), box
+
+    rows = []
+    for seconds in (10, 60):
+        job, box = clip_job(seconds)
+        faithful = measure(dict(job, box=box), work)
+        fast = measure(dict(job, fast=True, s3fd=steady_s3fd), work)
         rows.append((faithful, fast))
         print("%d s of 720p: faithful --box %.0f MB (%.0f s), fast %.0f MB (%.0f s)"
               % (seconds, faithful["peak_mb"], faithful["wall_s"], fast["peak_mb"], fast["wall_s"]), flush=True)
+    detected = measure(dict(clip_job(2)[0], s3fd=steady_s3fd), work)
+    print("2 s of 720p: faithful with S3FD detection %.0f MB (%.0f s)" % (detected["peak_mb"], detected["wall_s"]))
     (f10, q10), (f60, q60) = rows
     print("60 s minus 10 s: faithful %+.0f MB, fast %+.0f MB"
           % (f60["peak_mb"] - f10["peak_mb"], q60["peak_mb"] - q10["peak_mb"]))

@@ -142,6 +142,7 @@ def lipsync_video(model, face_path, audio_path, outfile, net=None, box=(-1, -1, 
     else:
         boxes = [tuple(box)] * len(frames)
     height, width = frames[0].shape[:2]
+    device = next(model.parameters()).device
     with tempfile.TemporaryDirectory() as temp:
         avi = os.path.join(temp, "result.avi")
         writer = cv2.VideoWriter(avi, cv2.VideoWriter_fourcc(*"DIVX"), fps, (width, height))
@@ -152,7 +153,6 @@ def lipsync_video(model, face_path, audio_path, outfile, net=None, box=(-1, -1, 
                 if batch is None:
                     break
                 img_batch, mel_batch, frame_batch, coords_batch = batch
-                device = next(model.parameters()).device
                 img_batch = torch.FloatTensor(np.transpose(img_batch, (0, 3, 1, 2))).to(device)
                 mel_batch = torch.FloatTensor(np.transpose(mel_batch, (0, 3, 1, 2))).to(device)
                 with torch.no_grad():
