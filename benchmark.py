@@ -127,6 +127,7 @@ def run_worker(job):
 
     import inference
     import videoio
+    from options import SyncOptions
 
     if job["path"] == "detect":
         return detect_sample(job)
@@ -158,8 +159,9 @@ def run_worker(job):
 
         detector = load_detector(None if job.get("embedded") else job["s3fd"], device, quiet=True)
     start = time.perf_counter()
-    stats = inference.lipsync_video(model, job["face"], job["audio"], job["outfile"], detector, box=box,
-                                    fast=job.get("fast", False), cache_dir=job.get("cache_dir"), progress=False)
+    options = SyncOptions(box=box, fast=job.get("fast", False))
+    stats = inference.lipsync_video(model, job["face"], job["audio"], job["outfile"], detector, options,
+                                    cache_dir=job.get("cache_dir"), progress=False)
     return {"seconds": stats["seconds"], "frames": stats["frames"], "run_s": time.perf_counter() - start}
 
 

@@ -10,25 +10,23 @@ overlap in threads joined by bounded queues. Frames without a face pass through 
 unless --on_no_face error is given. --fast trades exactness for speed (see lipsync_video).
 """
 import argparse
-import copy
 import os
 import queue
 import sys
 import threading
-import time
-from collections import defaultdict
-from contextlib import contextmanager
 
-import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 import audio
+import options as sync_options
 import videoio
-from hparams import add_hparams_argument, apply_overrides, hparams, parse_bool
-
-MEL_STEP_SIZE = 16
+from hparams import add_hparams_argument, apply_overrides, hparams
+# The numeric core, shared with live/, under its public inference.* names.
+from lipsync import (MEL_STEP_SIZE, StageClock, best_device, face_boxes, face_boxes_with_gaps, face_crop,  # noqa: F401
+                     fast_dtype, full_float32, generate, generate_batch, inference_model, lipsync_frames,
+                     lipsync_stream, load_model, mel_chunk_starts, mel_chunks, model_input, paste, smooth_boxes)
+from options import OptionsError, SyncOptions
 # On the CPU the generator runs at most this many frames at a time: with BatchNorm folded the
 # time per frame is the same from 8 to 128, and at 720p the peak memory is 1.15 GB against
 # 1.6 GB and more at 128 (the frames of a batch wait, decoded, for their faces).
@@ -38,154 +36,13 @@ DECODE_AHEAD = 8
 # 3.4 MB, PSNR 40.9 dB; "veryfast" 2.4 s, 3.1 MB, 40.8 dB; "superfast" 1.4 s, 5.7 MB, 40.9 dB;
 # "ultrafast" 0.7 s, 6.2 MB, 40.5 dB.
 PRESET, FAST_PRESET = "superfast", "ultrafast"
-# uint8 -> float32 exactly as the original's `/ 255.` in float64 followed by FloatTensor.
-_UINT8_TO_UNIT = (np.arange(256) / 255.0).astype(np.float32)
 
 
 class InferenceError(ValueError):
     """Bad input for a lip-sync run; the message is one line naming the fix."""
 
 
-# --------------------------------------------------------------------------- numeric core
-def load_model(path, device="cpu"):
-    """A Wav2Lip generator with the weights of `path` (official or our checkpoints), in eval mode."""
-    from models import Wav2Lip
-    from models.checkpoint import load_weights
-
-    model = Wav2Lip()
-    load_weights(model, path, what="Wav2Lip")
-    return model.to(device).eval()
-
-
-def mel_chunk_starts(num_columns, fps):
-    """Start column of the 16-column mel window of every output frame (the last one is T - 16)."""
-    multiplier = 80.0 / fps
-    starts, i = [], 0
-    while True:
-        start = int(i * multiplier)
-        if start + MEL_STEP_SIZE > num_columns:
-            starts.append(num_columns - MEL_STEP_SIZE)
-            return starts
-        starts.append(start)
-        i += 1
-
-
-def mel_chunks(mel, fps):
-    """One (80, 16) mel window per output video frame."""
-    return [mel[:, s:s + MEL_STEP_SIZE] for s in mel_chunk_starts(mel.shape[1], fps)]
-
-
-def smooth_boxes(boxes, window=5):
-    """The original's forward moving average over box rows, in place on an int array."""
-    n = len(boxes)
-    for i in range(n):
-        span = boxes[n - window:] if i + window > n else boxes[i:i + window]
-        boxes[i] = np.mean(span, axis=0)
-    return boxes
-
-
-def face_boxes(detections, frame_shape, pads=(0, 10, 0, 0), nosmooth=False):
-    """Paste boxes (N, 4) as y1, y2, x1, x2 from detector boxes x1, y1, x2, y2: padded, clipped, smoothed."""
-    top, bottom, left, right = pads
-    height, width = frame_shape[:2]
-    det = np.asarray(detections, dtype=np.int64).reshape(-1, 4)
-    boxes = np.stack([np.maximum(0, det[:, 1] - top), np.minimum(height, det[:, 3] + bottom),
-                      np.maximum(0, det[:, 0] - left), np.minimum(width, det[:, 2] + right)], axis=1)
-    return boxes if nosmooth else smooth_boxes(boxes)
-
-
-def face_boxes_with_gaps(detections, frame_shape, pads=(0, 10, 0, 0), nosmooth=False):
-    """Like face_boxes for a list where None marks a frame without a face.
-
-    Each run of consecutive detections is padded and smoothed on its own, so a video with a
-    face in every frame gets exactly the original's boxes. Returns a list of tuples or None."""
-    out = [None] * len(detections)
-    start = 0
-    while start < len(detections):
-        if detections[start] is None:
-            start += 1
-            continue
-        end = start
-        while end < len(detections) and detections[end] is not None:
-            end += 1
-        run = face_boxes(detections[start:end], frame_shape, pads, nosmooth)
-        out[start:end] = [tuple(int(v) for v in b) for b in run]
-        start = end
-    return out
-
-
-def _model_input(crops, mels, device, dtype):
-    faces = _UINT8_TO_UNIT[np.stack(crops)]                       # (B, 96, 96, 3)
-    masked = faces.copy()
-    masked[:, hparams.img_size // 2:] = 0
-    faces = np.concatenate([masked, faces], axis=3).transpose(0, 3, 1, 2)
-    mel_batch = np.stack(mels).astype(np.float32)[:, None]        # (B, 1, 80, 16)
-    return (torch.from_numpy(mel_batch).to(device, dtype),
-            torch.from_numpy(np.ascontiguousarray(faces)).to(device, dtype))
-
-
-def _usable(box):
-    return box is not None and box[1] > box[0] and box[3] > box[2]
-
-
-def _generate_batch(model, batch, device, dtype, clock):
-    """Run the model on the frames of `batch` that have a usable box and paste the results."""
-    with_face = [(frame, mel, box) for frame, mel, box in batch if _usable(box)]
-    if with_face:
-        with clock("generate"):
-            crops = [cv2.resize(f[b[0]:b[1], b[2]:b[3]], (hparams.img_size, hparams.img_size))
-                     for f, _, b in with_face]
-            mel_t, face_t = _model_input(crops, [m for _, m, _ in with_face], device, dtype)
-            with torch.inference_mode():
-                pred = model(mel_t, face_t)
-            # `* 255` then truncation to uint8, as the original does per frame.
-            patches = (pred.float().cpu().numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
-        with clock("paste"):
-            for (frame, _, (y1, y2, x1, x2)), patch in zip(with_face, patches):
-                frame[y1:y2, x1:x2] = cv2.resize(patch, (x2 - x1, y2 - y1))
-    return [frame for frame, _, _ in batch]
-
-
-def lipsync_stream(model, items, batch_size=128, clock=None, copy_frames=True):
-    """Yield output frames for an iterable of (frame, mel window, box or None), in bounded batches.
-
-    Frames are copied before pasting (unless `copy_frames` is False: frames nobody else holds);
-    a None (or empty) box passes the frame through unchanged. The model computes in the dtype
-    of its weights (reduced precision for --fast: see inference_model); `clock` times stages."""
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    clock = clock or StageClock()
-    batch = []
-    for frame, mel, box in items:
-        batch.append((frame.copy() if copy_frames else np.ascontiguousarray(frame), mel, box))
-        if len(batch) == batch_size:
-            yield from _generate_batch(model, batch, device, dtype, clock)
-            batch = []
-    if batch:
-        yield from _generate_batch(model, batch, device, dtype, clock)
-
-
-def lipsync_frames(model, frames, mels, boxes, batch_size=128):
-    """Output frames: frame i from frames[i % len(frames)], mels[i] and boxes[i % len(boxes)] (y1, y2, x1, x2)."""
-    items = ((frames[i % len(frames)], mels[i], boxes[i % len(boxes)]) for i in range(len(mels)))
-    return lipsync_stream(model, items, batch_size)
-
-
-# --------------------------------------------------------------------------- speed
-class StageClock:
-    """Seconds spent per named stage: `with clock("detect"): ...`; threads add to their own stages."""
-
-    def __init__(self):
-        self.seconds = defaultdict(float)
-
-    @contextmanager
-    def __call__(self, stage):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] += time.perf_counter() - start
-
-
+# --------------------------------------------------------------------------- streaming
 def timed(iterable, clock, stage):
     """`iterable`, with the time spent producing its items added to `stage`."""
     iterator = iter(iterable)
@@ -245,68 +102,7 @@ def in_background(iterable, depth):
         worker.join()
 
 
-def inference_model(model, dtype=None):
-    """A copy of the generator for inference: BatchNorm folded into the convolutions, ReLUs in
-    place, and channels-last on the CPU (faster there). The same numbers within float32 noise,
-    unless `dtype` (--fast: fast_dtype) converts the weights, and so the computation, to less
-    precision (converted once, not cast at every call as autocast does)."""
-    if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
-        model = _folded(model)
-    elif dtype is not None and next(model.parameters()).dtype != dtype:
-        model = copy.deepcopy(model)
-    return model if dtype is None else model.to(dtype)
-
-
-def _folded(model):
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    fused = copy.deepcopy(model).eval()
-    for module in fused.modules():
-        block = getattr(module, "conv_block", None)
-        if isinstance(block, torch.nn.Sequential) and len(block) == 2 and isinstance(block[1], torch.nn.BatchNorm2d):
-            transpose = isinstance(block[0], torch.nn.ConvTranspose2d)
-            module.conv_block = torch.nn.Sequential(fuse_conv_bn_eval(block[0], block[1], transpose))
-        if isinstance(module, torch.nn.ReLU):
-            module.inplace = True
-    if next(fused.parameters()).device.type == "cpu":
-        fused = fused.to(memory_format=torch.channels_last)
-    return fused
-
-
-@contextmanager
-def full_float32(enabled=True):
-    """Convolutions and matrix products in full float32 on CUDA (TF32 off) while inside.
-
-    PyTorch lets cuDNN use TF32 (10-bit mantissas) by default, which exceeds the conformance
-    tolerances; the original's GPUs had no TF32."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    if enabled:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def fast_dtype(device):
-    """Reduced precision for --fast: bfloat16 on CPUs with native support, float16 on CUDA."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
 # --------------------------------------------------------------------------- pipeline
-def best_device():
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def load_speech(path):
     """16 kHz samples of `path`, with the original's detour through a 16-bit wav for non-wav input."""
     try:
@@ -322,14 +118,14 @@ def load_speech(path):
 class FaceSource:
     """The --face input as a re-readable stream of prepared frames (an image is a 1-frame video)."""
 
-    def __init__(self, path, static=False, fps=25.0, resize_factor=1, rotate=False, crop=(0, -1, 0, -1)):
+    def __init__(self, path, options=SyncOptions()):
         if not os.path.isfile(path):
             raise InferenceError("face file not found: %s; pass a video or an image as --face" % path)
         self.path = path
         self.image = videoio.read_image(path) if videoio.is_image(path) else None
-        self.static = static or self.image is not None
-        self.fps = fps if self.image is not None else videoio.video_fps(path)
-        self.prepare = dict(resize_factor=resize_factor, rotate=rotate, crop=crop)
+        self.static = options.static or self.image is not None
+        self.fps = options.fps if self.image is not None else videoio.video_fps(path)
+        self.prepare = options.prepare
 
     def frames(self):
         """Prepared frames of one pass over the input (just the first one when static)."""
@@ -402,41 +198,43 @@ def find_faces(source, detector, count, batch_size, progress, clock, cache=None)
     return detections, shape
 
 
-def lipsync_video(model, face_path, audio_path, outfile, detector=None, *, static=False, fps=25.0,
-                  pads=(0, 10, 0, 0), face_det_batch_size=16, wav2lip_batch_size=128, resize_factor=1,
-                  crop=(0, -1, 0, -1), box=(-1, -1, -1, -1), rotate=False, nosmooth=False,
-                  on_no_face="pass", progress=True, fast=False, cache_dir=None):
+def lipsync_video(model, face_path, audio_path, outfile, detector=None, options=SyncOptions(), *, progress=True,
+                  cache_dir=None):
     """Write the lip-synced video to `outfile` (atomically) and return a dict of run statistics.
 
-    `fast` trades exactness for speed (see face_detection/fast.py; the generator in reduced
-    precision, a faster encoder preset); `cache_dir` keeps detections per video for later runs.
-    The statistics include "seconds" per stage (decode, detect, mel, generate, paste, encode),
-    which overlap: decoding and generation run in threads beside the encoder."""
+    `options` (a SyncOptions) shapes the run; `options.fast` trades exactness for speed (see
+    face_detection/fast.py; the generator in reduced precision, a faster encoder preset);
+    `cache_dir` keeps detections per video for later runs. The statistics include "seconds" per
+    stage (decode, detect, mel, generate, paste, encode), which overlap: decoding and generation
+    run in threads beside the encoder."""
+    try:
+        options.validate()
+    except OptionsError as e:
+        raise InferenceError(str(e))
     clock = StageClock()
-    source = FaceSource(face_path, static, fps, resize_factor, rotate, crop)
+    source = FaceSource(face_path, options)
     with clock("mel"):
         mel = audio.melspectrogram(load_speech(audio_path))
     if np.isnan(mel).any():
         raise InferenceError("the mel spectrogram of %s contains NaN; re-encode the audio as 16 kHz wav" % audio_path)
     windows = mel_chunks(mel, source.fps)
     count = len(windows)
-    with full_float32(enabled=not fast):  # no TF32 on CUDA: the original's float32 numbers
-        if box[0] == -1:
-            detections, shape = _detections(source, detector, count, face_det_batch_size, progress, clock, fast,
-                                            cache_dir)
-            boxes = face_boxes_with_gaps(detections, shape, pads, nosmooth)
+    with full_float32(enabled=not options.fast):  # no TF32 on CUDA: the original's float32 numbers
+        if options.detect:
+            detections, shape = _detections(source, detector, count, options, progress, clock, cache_dir)
+            boxes = face_boxes_with_gaps(detections, shape, options.pads, options.nosmooth)
         else:
             first = next(source.frames(), None)
             if first is None:
                 raise InferenceError("%s has no decodable video frames" % face_path)
-            shape, boxes = first.shape, [tuple(box)]
+            shape, boxes = first.shape, [options.box]
         missing = sum(b is None for b in boxes)
-        if missing and on_no_face == "error":
+        if missing and options.on_no_face == "error":
             raise InferenceError("no face found in frame %d of %s (%d frames without a face); check the video or "
                                  "pass --box, or drop --on_no_face error" % (boxes.index(None), face_path, missing))
         if missing == len(boxes):
             raise InferenceError("no face found in any frame of %s; pass --box top bottom left right" % face_path)
-        _render(model, source, windows, boxes, shape, outfile, audio_path, wav2lip_batch_size, fast, progress, clock)
+        _render(model, source, windows, boxes, shape, outfile, audio_path, options, progress, clock)
     height, width = shape[:2]
     frames_without_face = sum(boxes[i % len(boxes)] is None for i in range(count))
     return {"outfile": outfile, "frames": count, "fps": source.fps, "width": width, "height": height,
@@ -444,24 +242,26 @@ def lipsync_video(model, face_path, audio_path, outfile, detector=None, *, stati
             "seconds": dict(clock.seconds)}
 
 
-def _detections(source, detector, count, batch_size, progress, clock, fast, cache_dir):
+def _detections(source, detector, count, options, progress, clock, cache_dir):
     if detector is None:
         raise InferenceError("no face detector given and no --box")
     from face_detection.cache import DetectionCache
     from face_detection.fast import FAST_BATCH, FAST_SHORT_SIDE, FastDetector
     from face_detection.s3fd import S3FDDetector
 
-    if fast:  # S3FD gets small copies of the frames; other detectors choose their own size
+    batch_size = options.face_det_batch_size
+    if options.fast:  # S3FD gets small copies of the frames; other detectors choose their own size
         detector = FastDetector(detector, FAST_SHORT_SIDE if isinstance(detector, S3FDDetector) else None)
         batch_size = max(batch_size, FAST_BATCH)
     cache = DetectionCache(cache_dir) if cache_dir else None
     return find_faces(source, detector, count, batch_size, progress, clock, cache)
 
 
-def _render(model, source, windows, boxes, shape, outfile, audio_path, batch_size, fast, progress, clock):
+def _render(model, source, windows, boxes, shape, outfile, audio_path, options, progress, clock):
     """Generate, paste and encode every output frame, streaming."""
     device = next(model.parameters()).device
-    generator = inference_model(model, fast_dtype(device) if fast else None)
+    generator = inference_model(model, fast_dtype(device) if options.fast else None)
+    batch_size = options.wav2lip_batch_size
     if device.type == "cpu":
         batch_size = min(batch_size, CPU_GENERATOR_BATCH)
     count = len(windows)
@@ -474,7 +274,7 @@ def _render(model, source, windows, boxes, shape, outfile, audio_path, batch_siz
     outputs = in_background(lipsync_stream(generator, items, batch_size, clock, copy_frames=source.image is not None),
                             batch_size)
     with videoio.VideoWriter(outfile, source.fps, width, height, audio_path=audio_path,
-                             preset=FAST_PRESET if fast else PRESET) as writer:
+                             preset=FAST_PRESET if options.fast else PRESET) as writer:
         bar = tqdm(total=count, desc="lip-sync", unit="frame", disable=not progress)
         for frame in outputs:
             with clock("encode"):
@@ -495,27 +295,9 @@ def build_parser():
     p.add_argument("--face", required=True, help="video or image with the face to animate")
     p.add_argument("--audio", required=True, help="speech: any audio file, or a video whose audio track is used")
     p.add_argument("--outfile", default="results/result_voice.mp4", help="output mp4")
-    # The original declared --static with type=bool: accept `--static`, `--static True`, `--static 0`.
-    p.add_argument("--static", type=parse_bool, nargs="?", const=True, default=False,
-                   help="use only the first frame of the video")
-    p.add_argument("--fps", type=float, default=25.0, help="output fps for an image --face")
-    p.add_argument("--pads", nargs=4, type=int, default=[0, 10, 0, 0], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
-                   help="padding of the detected face box (include the chin: bottom at least 10)")
-    p.add_argument("--face_det_batch_size", type=int, default=16)
-    p.add_argument("--wav2lip_batch_size", type=int, default=128)
-    p.add_argument("--resize_factor", type=int, default=1, help="divide the frame size by this first")
-    p.add_argument("--crop", nargs=4, type=int, default=[0, -1, 0, -1], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
-                   help="crop the frames (after resize and rotate); -1 means to the edge")
-    p.add_argument("--box", nargs=4, type=int, default=[-1, -1, -1, -1], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
-                   help="fixed face box for every frame instead of detection")
-    p.add_argument("--rotate", action="store_true", help="rotate frames 90 degrees clockwise")
-    p.add_argument("--nosmooth", action="store_true", help="do not smooth face boxes over 5 frames")
-    p.add_argument("--on_no_face", choices=("pass", "error"), default="pass",
-                   help="frames without a face: pass them through unchanged, or stop with an error")
+    sync_options.add_arguments(p)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--s3fd_path", default=None, help="S3FD weights (default face_detection/detection/sfd/s3fd.pth)")
-    p.add_argument("--fast", action="store_true",
-                   help="faster, not exact: detection on small keyframes, reduced-precision generator")
     p.add_argument("--cache_dir", default=None,
                    help="where face detections are kept per video (default: the user's cache folder)")
     p.add_argument("--no_cache", action="store_true", help="neither read nor keep cached face detections")
@@ -531,22 +313,20 @@ def main(argv=None):
     from models.checkpoint import CheckpointError
 
     device = args.device or best_device()
+    options = SyncOptions.from_args(args)
     try:
+        options.validate()
         model = inference_model(load_model(args.checkpoint_path, device))  # not kept unfused: 145 MB
         detector, cache_dir = None, None
-        if args.box[0] == -1:  # imported only then: face-alignment takes a quarter second
+        if options.detect:  # imported only then: face-alignment takes a quarter second
             from face_detection import load_detector
             from face_detection.cache import default_folder
 
             detector = load_detector(args.s3fd_path, device)
             cache_dir = None if args.no_cache else args.cache_dir or default_folder()
-        stats = lipsync_video(model, args.face, args.audio, args.outfile, detector, static=args.static,
-                              fps=args.fps, pads=args.pads, face_det_batch_size=args.face_det_batch_size,
-                              wav2lip_batch_size=args.wav2lip_batch_size, resize_factor=args.resize_factor,
-                              crop=args.crop, box=args.box, rotate=args.rotate, nosmooth=args.nosmooth,
-                              on_no_face=args.on_no_face, progress=not args.quiet, fast=args.fast,
-                              cache_dir=cache_dir)
-    except (InferenceError, videoio.VideoError, audio.AudioError, CheckpointError) as e:
+        stats = lipsync_video(model, args.face, args.audio, args.outfile, detector, options,
+                              progress=not args.quiet, cache_dir=cache_dir)
+    except (InferenceError, OptionsError, videoio.VideoError, audio.AudioError, CheckpointError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 1
     print("wrote %s: %d frames at %.3f fps, %dx%d" % (stats["outfile"], stats["frames"], stats["fps"],

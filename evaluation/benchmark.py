@@ -17,6 +17,7 @@ from tqdm import tqdm
 import audio
 import inference
 import videoio
+from options import SyncOptions
 
 
 def read_lrs_pairs(filelist, data_root):
@@ -172,9 +173,9 @@ def lrs_maker(model, detector, pads=(0, 0, 0, 0), box=(-1, -1, -1, -1), face_det
         if available < needed:
             raise ValueError("video %s has %d frames but the audio needs %d; the protocol skips it"
                              % (video, available, needed))
-        inference.lipsync_video(model, video, audio_path, outfile, detector, pads=pads, box=box,
-                                face_det_batch_size=face_det_batch_size, wav2lip_batch_size=wav2lip_batch_size,
-                                on_no_face="error", progress=False)
+        options = SyncOptions(pads=pads, box=box, face_det_batch_size=face_det_batch_size,
+                              wav2lip_batch_size=wav2lip_batch_size, on_no_face="error")
+        inference.lipsync_video(model, video, audio_path, outfile, detector, options, progress=False)
     return make_video
 
 
@@ -189,7 +190,7 @@ def resynced_maker(model, detector, stretch=False, pads=(0, 10, 0, 0), face_det_
         with tempfile.TemporaryDirectory(prefix="resynced_") as tmp:
             prepared = os.path.join(tmp, "face.mp4")
             prepare_real_video(video, count, detector, prepared, stretch, face_res, min_frame_res, max_frame_res)
-            inference.lipsync_video(model, prepared, audio_path, outfile, detector, pads=pads,
-                                    face_det_batch_size=face_det_batch_size, wav2lip_batch_size=wav2lip_batch_size,
-                                    on_no_face="error", progress=False)
+            options = SyncOptions(pads=pads, face_det_batch_size=face_det_batch_size,
+                                  wav2lip_batch_size=wav2lip_batch_size, on_no_face="error")
+            inference.lipsync_video(model, prepared, audio_path, outfile, detector, options, progress=False)
     return make_video

@@ -5,6 +5,7 @@ import torch
 
 import face_detection
 import inference
+from options import SyncOptions
 from conftest import CONFORMANCE
 from models import SyncNet_color, Wav2Lip, Wav2Lip_disc_qual
 
@@ -53,7 +54,7 @@ def test_video_pipeline_computes_in_full_float32_on_cuda(check, tmp_path):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         seen.clear()
         stats = inference.lipsync_video(model, str(MEDIA / "bbaf2n.mpg"), str(MEDIA / "jfk.wav"),
-                                        str(tmp_path / "out.mp4"), box=(60, 220, 110, 250), fast=fast,
+                                        str(tmp_path / "out.mp4"), options=SyncOptions(box=(60, 220, 110, 250), fast=fast),
                                         progress=False)
         assert stats["frames"] > 200 and seen and set(seen) == {fast}
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32

@@ -10,6 +10,7 @@ import torch
 
 import inference
 import videoio
+from options import SyncOptions
 from conftest import MEDIA, REPO
 
 FACE_VIDEO = MEDIA / "bbaf2n.mpg"          # 360x288, 25 fps, 75 frames
@@ -127,7 +128,7 @@ def test_frames_without_face_pass_through(checkpoints, tmp_path):
 
     with pytest.raises(inference.InferenceError, match="no face found in frame 20"):
         inference.lipsync_video(model, str(FACE_VIDEO), str(SPEECH_VIDEO), str(tmp_path / "err.mp4"),
-                                NoFaceInSecondHalf((110, 60, 250, 210), faces=20), on_no_face="error",
+                                NoFaceInSecondHalf((110, 60, 250, 210), faces=20), SyncOptions(on_no_face="error"),
                                 progress=False)
     assert not (tmp_path / "err.mp4").exists()
 

@@ -7,6 +7,7 @@ import torch
 import inference
 import naive_reference
 import videoio
+from options import SyncOptions
 from conftest import CONFORMANCE, MEDIA
 from face_detection import s3fd
 from face_detection.cache import DetectionCache
@@ -124,8 +125,8 @@ def test_streaming_pipeline_equals_the_original_style_one(wav2lip, monkeypatch, 
     naive_reference.lipsync_video(wav2lip, str(GRID), str(SPEECH), str(tmp_path / "naive.mp4"), box=BOX,
                                   frame_sink=lambda f: naive.append(f.copy()))
     ours = encoder_frames(monkeypatch)
-    stats = inference.lipsync_video(wav2lip, str(GRID), str(SPEECH), str(tmp_path / "ours.mp4"), box=BOX,
-                                    progress=False)
+    stats = inference.lipsync_video(wav2lip, str(GRID), str(SPEECH), str(tmp_path / "ours.mp4"),
+                                    options=SyncOptions(box=BOX), progress=False)
     assert len(ours) == len(naive) == stats["frames"]
     assert set(stats["seconds"]) >= {"decode", "mel", "generate", "paste", "encode"}
     y1, y2, x1, x2 = BOX
@@ -245,7 +246,7 @@ def test_cache_skips_detection_for_the_same_video_and_settings(tmp_path, s3fd_pa
     clock = inference.StageClock()
 
     def run(count, path=video, resize_factor=4):
-        source = inference.FaceSource(str(path), resize_factor=resize_factor)
+        source = inference.FaceSource(str(path), SyncOptions(resize_factor=resize_factor))
         detector = Counting(s3fd.S3FDDetector(str(s3fd_path)))
         found = inference.find_faces(source, detector, count, 16, False, clock, cache)
         return found, detector.frames
@@ -265,7 +266,7 @@ def test_cache_skips_detection_for_the_same_video_and_settings(tmp_path, s3fd_pa
 
 def test_cached_rerun_gives_the_same_video(tmp_path, s3fd_path, wav2lip, monkeypatch):
     detector = s3fd.S3FDDetector(str(s3fd_path))
-    options = dict(fast=True, cache_dir=str(tmp_path / "cache"), progress=False, resize_factor=2)
+    options = dict(options=SyncOptions(fast=True, resize_factor=2), cache_dir=str(tmp_path / "cache"), progress=False)
     seen = encoder_frames(monkeypatch)
     inference.lipsync_video(wav2lip, str(GRID), str(SPEECH), str(tmp_path / "a.mp4"), detector, **options)
     first = list(seen)

@@ -1,0 +1,243 @@
+"""The numeric core of Wav2Lip inference, shared by `inference.py` (files) and `live/` (streams):
+mel windows, face boxes, model input, generation and paste, each the original's numbers.
+
+Nothing here reads files or parses arguments; `inference` re-exports these names.
+"""
+import copy
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+import cv2
+import numpy as np
+import torch
+
+from hparams import hparams
+
+MEL_STEP_SIZE = 16
+# uint8 -> float32 exactly as the original's `/ 255.` in float64 followed by FloatTensor.
+_UINT8_TO_UNIT = (np.arange(256) / 255.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- model
+def load_model(path, device="cpu"):
+    """A Wav2Lip generator with the weights of `path` (official or our checkpoints), in eval mode."""
+    from models import Wav2Lip
+    from models.checkpoint import load_weights
+
+    model = Wav2Lip()
+    load_weights(model, path, what="Wav2Lip")
+    return model.to(device).eval()
+
+
+def inference_model(model, dtype=None):
+    """A copy of the generator for inference: BatchNorm folded into the convolutions, ReLUs in
+    place, and channels-last on the CPU (faster there). The same numbers within float32 noise,
+    unless `dtype` (--fast: fast_dtype) converts the weights, and so the computation, to less
+    precision (converted once, not cast at every call as autocast does)."""
+    if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+        model = _folded(model)
+    elif dtype is not None and next(model.parameters()).dtype != dtype:
+        model = copy.deepcopy(model)
+    return model if dtype is None else model.to(dtype)
+
+
+def _folded(model):
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(model).eval()
+    for module in fused.modules():
+        block = getattr(module, "conv_block", None)
+        if isinstance(block, torch.nn.Sequential) and len(block) == 2 and isinstance(block[1], torch.nn.BatchNorm2d):
+            transpose = isinstance(block[0], torch.nn.ConvTranspose2d)
+            module.conv_block = torch.nn.Sequential(fuse_conv_bn_eval(block[0], block[1], transpose))
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = True
+    if next(fused.parameters()).device.type == "cpu":
+        fused = fused.to(memory_format=torch.channels_last)
+    return fused
+
+
+@contextmanager
+def full_float32(enabled=True):
+    """Convolutions and matrix products in full float32 on CUDA (TF32 off) while inside.
+
+    PyTorch lets cuDNN use TF32 (10-bit mantissas) by default, which exceeds the conformance
+    tolerances; the original's GPUs had no TF32."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if enabled:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def fast_dtype(device):
+    """Reduced precision for --fast: bfloat16 on CPUs with native support, float16 on CUDA."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def best_device():
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+# --------------------------------------------------------------------------- mel windows
+def mel_chunk_starts(num_columns, fps):
+    """Start column of the 16-column mel window of every output frame (the last one is T - 16)."""
+    multiplier = 80.0 / fps
+    starts, i = [], 0
+    while True:
+        start = int(i * multiplier)
+        if start + MEL_STEP_SIZE > num_columns:
+            starts.append(num_columns - MEL_STEP_SIZE)
+            return starts
+        starts.append(start)
+        i += 1
+
+
+def mel_chunks(mel, fps):
+    """One (80, 16) mel window per output video frame."""
+    return [mel[:, s:s + MEL_STEP_SIZE] for s in mel_chunk_starts(mel.shape[1], fps)]
+
+
+# --------------------------------------------------------------------------- face boxes
+def smooth_boxes(boxes, window=5):
+    """The original's forward moving average over box rows, in place on an int array."""
+    n = len(boxes)
+    for i in range(n):
+        span = boxes[n - window:] if i + window > n else boxes[i:i + window]
+        boxes[i] = np.mean(span, axis=0)
+    return boxes
+
+
+def face_boxes(detections, frame_shape, pads=(0, 10, 0, 0), nosmooth=False):
+    """Paste boxes (N, 4) as y1, y2, x1, x2 from detector boxes x1, y1, x2, y2: padded, clipped, smoothed."""
+    top, bottom, left, right = pads
+    height, width = frame_shape[:2]
+    det = np.asarray(detections, dtype=np.int64).reshape(-1, 4)
+    boxes = np.stack([np.maximum(0, det[:, 1] - top), np.minimum(height, det[:, 3] + bottom),
+                      np.maximum(0, det[:, 0] - left), np.minimum(width, det[:, 2] + right)], axis=1)
+    return boxes if nosmooth else smooth_boxes(boxes)
+
+
+def face_boxes_with_gaps(detections, frame_shape, pads=(0, 10, 0, 0), nosmooth=False):
+    """Like face_boxes for a list where None marks a frame without a face.
+
+    Each run of consecutive detections is padded and smoothed on its own, so a video with a
+    face in every frame gets exactly the original's boxes. Returns a list of tuples or None."""
+    out = [None] * len(detections)
+    start = 0
+    while start < len(detections):
+        if detections[start] is None:
+            start += 1
+            continue
+        end = start
+        while end < len(detections) and detections[end] is not None:
+            end += 1
+        run = face_boxes(detections[start:end], frame_shape, pads, nosmooth)
+        out[start:end] = [tuple(int(v) for v in b) for b in run]
+        start = end
+    return out
+
+
+def usable(box):
+    """Whether `box` (y1, y2, x1, x2 or None) covers at least one pixel."""
+    return box is not None and box[1] > box[0] and box[3] > box[2]
+
+
+# --------------------------------------------------------------------------- generation and paste
+def face_crop(frame, box):
+    """The model's 96x96 input face: the box's pixels resized as the original does."""
+    y1, y2, x1, x2 = box
+    return cv2.resize(frame[y1:y2, x1:x2], (hparams.img_size, hparams.img_size))
+
+
+def model_input(crops, mels, device, dtype=torch.float32):
+    """(mel batch (B, 1, 80, 16), face batch (B, 6, 96, 96)): lower half masked, then the face."""
+    faces = _UINT8_TO_UNIT[np.stack(crops)]                       # (B, 96, 96, 3)
+    masked = faces.copy()
+    masked[:, hparams.img_size // 2:] = 0
+    faces = np.concatenate([masked, faces], axis=3).transpose(0, 3, 1, 2)
+    mel_batch = np.stack(mels).astype(np.float32)[:, None]        # (B, 1, 80, 16)
+    return (torch.from_numpy(mel_batch).to(device, dtype),
+            torch.from_numpy(np.ascontiguousarray(faces)).to(device, dtype))
+
+
+def generate(model, crops, mels):
+    """uint8 (B, 96, 96, 3) faces the model makes for `crops` and their mel windows."""
+    param = next(model.parameters())
+    mel_t, face_t = model_input(crops, mels, param.device, param.dtype)
+    with torch.inference_mode():
+        pred = model(mel_t, face_t)
+    # `* 255` then truncation to uint8, as the original does per frame.
+    return (pred.float().cpu().numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
+
+
+def paste(frame, patch, box):
+    """Resize the generated `patch` into `box` of `frame`, in place (the original's hard paste)."""
+    y1, y2, x1, x2 = box
+    frame[y1:y2, x1:x2] = cv2.resize(patch, (x2 - x1, y2 - y1))
+    return frame
+
+
+def generate_batch(model, batch, clock=None):
+    """Run the model on the (frame, mel, box) items of `batch` that have a usable box and paste
+    the results into their frames, in place; return the frames."""
+    clock = clock or StageClock()
+    with_face = [(frame, mel, box) for frame, mel, box in batch if usable(box)]
+    if with_face:
+        with clock("generate"):
+            patches = generate(model, [face_crop(f, b) for f, _, b in with_face], [m for _, m, _ in with_face])
+        with clock("paste"):
+            for (frame, _, box), patch in zip(with_face, patches):
+                paste(frame, patch, box)
+    return [frame for frame, _, _ in batch]
+
+
+def lipsync_stream(model, items, batch_size=128, clock=None, copy_frames=True):
+    """Yield output frames for an iterable of (frame, mel window, box or None), in bounded batches.
+
+    Frames are copied before pasting (unless `copy_frames` is False: frames nobody else holds);
+    a None (or empty) box passes the frame through unchanged. The model computes in the dtype
+    of its weights (reduced precision for --fast: see inference_model); `clock` times stages."""
+    clock = clock or StageClock()
+    batch = []
+    for frame, mel, box in items:
+        batch.append((frame.copy() if copy_frames else np.ascontiguousarray(frame), mel, box))
+        if len(batch) == batch_size:
+            yield from generate_batch(model, batch, clock)
+            batch = []
+    if batch:
+        yield from generate_batch(model, batch, clock)
+
+
+def lipsync_frames(model, frames, mels, boxes, batch_size=128):
+    """Output frames: frame i from frames[i % len(frames)], mels[i] and boxes[i % len(boxes)] (y1, y2, x1, x2)."""
+    items = ((frames[i % len(frames)], mels[i], boxes[i % len(boxes)]) for i in range(len(mels)))
+    return lipsync_stream(model, items, batch_size)
+
+
+# --------------------------------------------------------------------------- timing
+class StageClock:
+    """Seconds spent per named stage: `with clock("detect"): ...`; threads add to their own stages."""
+
+    def __init__(self):
+        self.seconds = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, stage):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start

@@ -1,0 +1,120 @@
+"""The options that shape a lip-sync run, as one object shared by the CLI, avatars, live sessions
+and server jobs: frame preparation, face boxes, batching, speed and the paste.
+
+    opts = SyncOptions(pads=(0, 20, 0, 0), fast=True)
+    opts = SyncOptions.from_args(parser.parse_args())      # after add_arguments(parser)
+
+`validate()` checks every value and raises OptionsError with one line naming the fix.
+"""
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from hparams import parse_bool
+
+MAX_FPS = 240.0
+
+
+class OptionsError(ValueError):
+    """A bad option value; the message is one line naming the fix."""
+
+
+def _four(value):
+    return tuple(int(v) for v in value)
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    static: bool = False
+    fps: float = 25.0                      # frame rate of an image --face
+    pads: tuple = (0, 10, 0, 0)            # top, bottom, left, right padding of detected boxes
+    face_det_batch_size: int = 16
+    wav2lip_batch_size: int = 128
+    resize_factor: int = 1
+    crop: tuple = (0, -1, 0, -1)           # top, bottom, left, right; -1: to the edge
+    box: tuple = (-1, -1, -1, -1)          # top, bottom, left, right fixed box; -1: detect
+    rotate: bool = False
+    nosmooth: bool = False
+    on_no_face: str = "pass"               # pass | error
+    fast: bool = False
+
+    def __post_init__(self):
+        for name in ("pads", "crop", "box"):
+            object.__setattr__(self, name, _four(getattr(self, name)))
+
+    @property
+    def detect(self):
+        """Whether boxes come from the detector (no fixed --box)."""
+        return self.box[0] == -1
+
+    @property
+    def prepare(self):
+        """Keyword arguments of videoio.prepare_frame."""
+        return dict(resize_factor=self.resize_factor, rotate=self.rotate, crop=self.crop)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        values = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    @classmethod
+    def from_dict(cls, values):
+        """Options from a mapping of option names (unknown names are an error)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise OptionsError("unknown option(s) %s (known: %s)" % (", ".join(unknown), ", ".join(sorted(known))))
+        return cls(**values)
+
+    @classmethod
+    def from_args(cls, args):
+        """Options from an argparse namespace built with add_arguments."""
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+    def validate(self):
+        """Raise OptionsError for a value no run can use; return self."""
+        if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and 0 < self.fps <= MAX_FPS):
+            raise OptionsError("--fps %r is not a frame rate; pass a number above 0 and at most %g" % (self.fps, MAX_FPS))
+        for name in ("face_det_batch_size", "wav2lip_batch_size"):
+            if getattr(self, name) < 1:
+                raise OptionsError("--%s %d must be at least 1" % (name, getattr(self, name)))
+        if self.resize_factor < 1:
+            raise OptionsError("--resize_factor %d must be at least 1 (1 keeps the size)" % self.resize_factor)
+        if any(p < 0 for p in self.pads):
+            raise OptionsError("--pads %s must not be negative" % " ".join(map(str, self.pads)))
+        if self.on_no_face not in ("pass", "error"):
+            raise OptionsError("--on_no_face %r: choose pass or error" % self.on_no_face)
+        if not self.detect:
+            top, bottom, left, right = self.box
+            if min(self.box) < 0 or bottom <= top or right <= left:
+                raise OptionsError("--box %s is not a box: give top bottom left right with top < bottom and "
+                                   "left < right, all at least 0" % " ".join(map(str, self.box)))
+        return self
+
+
+def add_arguments(parser):
+    """The command-line flags of SyncOptions, with the original's names and defaults."""
+    d = SyncOptions()
+    # The original declared --static with type=bool: accept `--static`, `--static True`, `--static 0`.
+    parser.add_argument("--static", type=parse_bool, nargs="?", const=True, default=d.static,
+                        help="use only the first frame of the video")
+    parser.add_argument("--fps", type=float, default=d.fps, help="output fps for an image --face")
+    parser.add_argument("--pads", nargs=4, type=int, default=list(d.pads), metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+                        help="padding of the detected face box (include the chin: bottom at least 10)")
+    parser.add_argument("--face_det_batch_size", type=int, default=d.face_det_batch_size)
+    parser.add_argument("--wav2lip_batch_size", type=int, default=d.wav2lip_batch_size)
+    parser.add_argument("--resize_factor", type=int, default=d.resize_factor, help="divide the frame size by this first")
+    parser.add_argument("--crop", nargs=4, type=int, default=list(d.crop), metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+                        help="crop the frames (after resize and rotate); -1 means to the edge")
+    parser.add_argument("--box", nargs=4, type=int, default=list(d.box), metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+                        help="fixed face box for every frame instead of detection")
+    parser.add_argument("--rotate", action="store_true", help="rotate frames 90 degrees clockwise")
+    parser.add_argument("--nosmooth", action="store_true", help="do not smooth face boxes over 5 frames")
+    parser.add_argument("--on_no_face", choices=("pass", "error"), default=d.on_no_face,
+                        help="frames without a face: pass them through unchanged, or stop with an error")
+    parser.add_argument("--fast", action="store_true",
+                        help="faster, not exact: detection on small keyframes, reduced-precision generator")
+    return parser
+
