@@ -220,14 +220,7 @@ def lipsync_video(model, face_path, audio_path, outfile, detector=None, options=
     windows = mel_chunks(mel, source.fps)
     count = len(windows)
     with full_float32(enabled=not options.fast):  # no TF32 on CUDA: the original's float32 numbers
-        if options.detect:
-            detections, shape = _detections(source, detector, count, options, progress, clock, cache_dir)
-            boxes = face_boxes_with_gaps(detections, shape, options.pads, options.nosmooth)
-        else:
-            first = next(source.frames(), None)
-            if first is None:
-                raise InferenceError("%s has no decodable video frames" % face_path)
-            shape, boxes = first.shape, [options.box]
+        boxes, shape = input_boxes(source, detector, count, options, progress, clock, cache_dir)
         missing = sum(b is None for b in boxes)
         if missing and options.on_no_face == "error":
             raise InferenceError("no face found in frame %d of %s (%d frames without a face); check the video or "
@@ -240,6 +233,20 @@ def lipsync_video(model, face_path, audio_path, outfile, detector=None, options=
     return {"outfile": outfile, "frames": count, "fps": source.fps, "width": width, "height": height,
             "input_frames_without_face": missing, "output_frames_without_face": frames_without_face,
             "seconds": dict(clock.seconds)}
+
+
+def input_boxes(source, detector, count, options=SyncOptions(), progress=True, clock=None, cache_dir=None):
+    """Paste boxes (y1, y2, x1, x2, or None without a face) of the first `count` input frames, and
+    the frame shape: detected (through the cache in `cache_dir`), padded and smoothed, or the
+    fixed --box (one box for every frame)."""
+    clock = clock or StageClock()
+    if options.detect:
+        detections, shape = _detections(source, detector, count, options, progress, clock, cache_dir)
+        return face_boxes_with_gaps(detections, shape, options.pads, options.nosmooth), shape
+    first = next(source.frames(), None)
+    if first is None:
+        raise InferenceError("%s has no decodable video frames" % source.path)
+    return [options.box], first.shape
 
 
 def _detections(source, detector, count, options, progress, clock, cache_dir):
