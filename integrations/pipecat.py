@@ -1,0 +1,118 @@
+"""A self-hosted Wav2Lip avatar for Pipecat: a video service over the live engine.
+
+    avatar = Wav2LipVideoService(checkpoint_path="checkpoints/wav2lip_gan.pth", avatar="avatars/me")
+    pipeline = Pipeline([transport.input(), stt, user_agg, llm, tts, avatar, transport.output(), assistant_agg])
+
+It takes the text-to-speech audio flowing downstream, lip-syncs the avatar to it and emits, on
+the engine's clock, each image (OutputImageRawFrame) with the audio it belongs to
+(TTSAudioRawFrame), idle frames between utterances, and stops speaking on an interruption.
+"""
+import asyncio
+import time
+
+import cv2
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InterruptionFrame,
+    OutputImageRawFrame,
+    StartFrame,
+    TTSAudioRawFrame,
+    TTSStoppedFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from integrations import SAMPLE_RATE, Playout, open_session, pcm16
+
+READ_TIMEOUT = 0.5           # seconds; a read never blocks the service's task for longer
+
+
+class Wav2LipVideoService(FrameProcessor):
+    """Lip-synced avatar frames for the TTS audio of a pipeline.
+
+    `avatar` is a prepared avatar's folder (live.prepare_avatar) or a loaded live.Avatar;
+    `fast` is the live engine's reduced-precision mode; `device` defaults to the best available.
+    The TTS audio is replaced by the audio of each emitted frame (16 kHz mono), so put the
+    service between the TTS and the output transport; configure the transport's video output
+    with the avatar's size and fps (`.size`, `.fps`).
+    """
+
+    def __init__(self, *, checkpoint_path, avatar, fast=False, device=None, **kwargs):
+        super().__init__(**kwargs)
+        self._session, self._avatar = open_session(checkpoint_path, avatar, fast=fast, device=device)
+        self._playout = Playout()
+        self._task = None
+
+    @property
+    def size(self):
+        return self._avatar.size
+
+    @property
+    def fps(self):
+        return self._avatar.fps
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            await self.push_frame(frame, direction)
+            self._task = self._task or self.create_task(self._play(), "wav2lip_play")
+        elif isinstance(frame, TTSAudioRawFrame):
+            samples = pcm16(frame.audio, frame.num_channels)
+            self._session.push(samples, sample_rate=frame.sample_rate)
+            self._playout.give(len(samples), frame.sample_rate)
+        elif isinstance(frame, (TTSStoppedFrame, EndFrame)):
+            # Both leave once the speech before them is out; EndFrame then stops the service.
+            self._session.end_utterance()
+            self._playout.place(frame)
+        elif isinstance(frame, InterruptionFrame):
+            self._session.interrupt()
+            for held in self._playout.interrupt():
+                if not held.interruptible:        # EndFrame: the pipeline waits for it
+                    self._playout.place(held)
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, CancelFrame):
+            await self._stop()
+            await self.push_frame(frame, direction)
+        else:
+            await self.push_frame(frame, direction)
+
+    async def _play(self):
+        """Read the session's frames and push each when due: the engine's pts on a monotonic
+        clock started at the first frame."""
+        start = None
+        while True:
+            ticket = self._playout.ticket()
+            frame = await asyncio.to_thread(self._session.read, READ_TIMEOUT)
+            if frame is None:
+                continue
+            start = time.monotonic() - frame.pts if start is None else start
+            await asyncio.sleep(max(0.0, start + frame.pts - time.monotonic()))
+            fresh, released = self._playout.out(frame, ticket)
+            await self._push_output(frame, fresh)
+            for marker in released:
+                await self.push_frame(marker)
+                if isinstance(marker, EndFrame):
+                    self._task = None             # the pipeline tears down from here
+                    return
+
+    async def _push_output(self, frame, fresh):
+        pts = round(frame.pts * 1e9)              # Pipecat's pts are nanoseconds
+        image = OutputImageRawFrame(image=cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB).tobytes(),
+                                    size=(frame.image.shape[1], frame.image.shape[0]), format="RGB")
+        image.pts = pts
+        await self.push_frame(image)
+        if frame.speaking and fresh:              # a frame read before an interruption stays silent
+            audio = TTSAudioRawFrame(audio=frame.audio.tobytes(), sample_rate=SAMPLE_RATE, num_channels=1)
+            audio.pts = pts
+            await self.push_frame(audio)
+
+    async def _stop(self):
+        if self._task is not None:
+            await self.cancel_task(self._task)
+            self._task = None
+        self._session.interrupt()
+
+    async def cleanup(self):
+        await super().cleanup()
+        await self._stop()
