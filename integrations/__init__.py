@@ -16,15 +16,18 @@ import live
 from lipsync import best_device, load_model
 
 SAMPLE_RATE = 16000          # of the audio a session gives with every frame
+# Speech given and played are compared within this (s): resampled speech can come out a few samples short.
+PLAYOUT_SLACK = 1e-3
 
 
-def open_session(checkpoint_path, avatar, fast=False, device=None):
+def open_session(checkpoint_path, avatar, fast=False, device=None, **session_options):
     """(live.Session, live.Avatar) for a Wav2Lip checkpoint and an avatar (a prepared avatar's
-    folder, see live.prepare_avatar, or a loaded live.Avatar)."""
+    folder, see live.prepare_avatar, or a loaded live.Avatar); `session_options` are
+    live.Session's (silence_gap, silence_level, batch_size)."""
     if isinstance(avatar, (str, os.PathLike)):
         avatar = live.load_avatar(avatar)
     model = load_model(checkpoint_path, device or best_device())
-    return live.Session(model, avatar, fast=fast), avatar
+    return live.Session(model, avatar, fast=fast, **session_options), avatar
 
 
 def pcm16(data, num_channels):
@@ -76,7 +79,7 @@ class Playout:
         released = []
         while self.marks:
             given, serial, marker = self.marks[0]
-            if not (given <= self.played + 1e-6 or (not frame.speaking and serial < placed)):
+            if not (given <= self.played + PLAYOUT_SLACK or (not frame.speaking and serial < placed)):
                 break
             released.append(self.marks.popleft()[2])
         return True, released

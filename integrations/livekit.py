@@ -25,11 +25,12 @@ class Wav2LipVideoGenerator(VideoGenerator):
     """Lip-synced avatar frames for the audio LiveKit's AvatarRunner pushes in.
 
     `avatar` is a prepared avatar's folder (live.prepare_avatar) or a loaded live.Avatar;
-    `fast` is the live engine's reduced-precision mode; `device` defaults to the best available.
+    `fast` and `session_options` (silence_gap, batch_size, ...) are live.Session's; `device`
+    defaults to the best available.
     """
 
-    def __init__(self, *, checkpoint_path, avatar, fast=False, device=None):
-        self._session, self._avatar = open_session(checkpoint_path, avatar, fast=fast, device=device)
+    def __init__(self, *, checkpoint_path, avatar, fast=False, device=None, **session_options):
+        self._session, self._avatar = open_session(checkpoint_path, avatar, fast, device, **session_options)
         self._playout = Playout()
 
     @property

@@ -26,21 +26,24 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from integrations import SAMPLE_RATE, Playout, open_session, pcm16
 
 READ_TIMEOUT = 0.5           # seconds; a read never blocks the service's task for longer
+# A frame this late (s) restarts the clock from it: after a stall (speech arriving slower than
+# real time, a slow machine) a burst of overdue frames would put the video ahead of the audio.
+MAX_LATE = 0.2
 
 
 class Wav2LipVideoService(FrameProcessor):
     """Lip-synced avatar frames for the TTS audio of a pipeline.
 
     `avatar` is a prepared avatar's folder (live.prepare_avatar) or a loaded live.Avatar;
-    `fast` is the live engine's reduced-precision mode; `device` defaults to the best available.
-    The TTS audio is replaced by the audio of each emitted frame (16 kHz mono), so put the
+    `fast` and `session_options` (silence_gap, batch_size, ...) are live.Session's; `device`
+    defaults to the best available. The TTS audio is replaced by the audio of each emitted frame (16 kHz mono), so put the
     service between the TTS and the output transport; configure the transport's video output
     with the avatar's size and fps (`.size`, `.fps`).
     """
 
-    def __init__(self, *, checkpoint_path, avatar, fast=False, device=None, **kwargs):
-        super().__init__(**kwargs)
-        self._session, self._avatar = open_session(checkpoint_path, avatar, fast=fast, device=device)
+    def __init__(self, *, checkpoint_path, avatar, fast=False, device=None, name=None, **session_options):
+        super().__init__(name=name)
+        self._session, self._avatar = open_session(checkpoint_path, avatar, fast, device, **session_options)
         self._playout = Playout()
         self._task = None
 
@@ -86,8 +89,10 @@ class Wav2LipVideoService(FrameProcessor):
             frame = await asyncio.to_thread(self._session.read, READ_TIMEOUT)
             if frame is None:
                 continue
-            start = time.monotonic() - frame.pts if start is None else start
-            await asyncio.sleep(max(0.0, start + frame.pts - time.monotonic()))
+            wait = None if start is None else start + frame.pts - time.monotonic()
+            if wait is None or wait < -MAX_LATE:
+                start, wait = time.monotonic() - frame.pts, 0.0
+            await asyncio.sleep(max(0.0, wait))
             fresh, released = self._playout.out(frame, ticket)
             await self._push_output(frame, fresh)
             for marker in released:

@@ -1,0 +1,245 @@
+"""The Pipecat video service in a real in-process pipeline and the LiveKit video generator driven
+with LiveKit's own frames, both on the real live engine (conformance weights, a GRID avatar,
+the first seconds of a real speech file)."""
+import asyncio
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from livekit import rtc
+from livekit.agents.voice.avatar import AudioSegmentEnd
+from pipecat.frames.frames import (EndWorkerFrame, InterruptionFrame, InterruptionWorkerFrame, OutputImageRawFrame,
+                                   TTSAudioRawFrame, TTSStartedFrame, TTSStoppedFrame)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.tests.utils import run_test
+
+import audio
+import inference
+import live
+from conftest import MEDIA
+from integrations.livekit import Wav2LipVideoGenerator
+from integrations.pipecat import Wav2LipVideoService
+
+GRID = MEDIA / "bbaf2n.mpg"                # 360x288, 25 fps, 75 frames
+BOX = (60, 220, 110, 250)                  # top bottom left right around the speaker's face
+SECONDS = 2.0                              # of jfk.wav
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, check):
+    path = tmp_path_factory.mktemp("ckpt") / "wav2lip.pth"
+    torch.save({"state_dict": check.make_state_dict("wav2lip", 11)}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def avatar_path(tmp_path_factory):
+    return live.prepare_avatar(str(GRID), str(tmp_path_factory.mktemp("avatar") / "grid"), box=BOX,
+                               no_cache=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def speech():
+    """int16 samples at 16 kHz, as a TTS service gives them."""
+    wav = audio.load_wav(str(MEDIA / "jfk.wav"), 16000)[:round(SECONDS * 16000)]
+    return np.clip(np.rint(wav * 32768), -32768, 32767).astype(np.int16)
+
+
+def reference(checkpoint, avatar_path, speech, first_index):
+    """The live session's speaking frames for `speech` as one utterance from output frame `first_index`."""
+    session = live.Session(inference.load_model(str(checkpoint)), live.load_avatar(avatar_path))
+    for _ in range(first_index):
+        assert not session.read().speaking
+    session.push(speech)
+    session.end_utterance()
+    frames = []
+    while (frame := session.read()).speaking:
+        frames.append(frame)
+    return frames
+
+
+def assert_close(image, expected, box=BOX):
+    """Within the end-to-end goldens' tolerance (max 3 levels, mean 0.05 in the face box)."""
+    top, bottom, left, right = box
+    diff = np.abs(image.astype(np.int16) - expected.astype(np.int16))
+    assert diff.max() <= 3 and diff[top:bottom, left:right].mean() <= 0.05, (diff.max(), diff.mean())
+
+
+def idle_image(avatar, index):
+    return avatar.frame(live.pingpong(index, len(avatar)))
+
+
+def per_frame(fps):
+    return round(16000 / fps)
+
+
+# --------------------------------------------------------------------------- Pipecat
+def tts_frames(speech, chunk=320):
+    """20 ms TTSAudioRawFrames, as a streaming TTS service pushes them."""
+    return [TTSAudioRawFrame(audio=speech[i:i + chunk].tobytes(), sample_rate=16000, num_channels=1)
+            for i in range(0, len(speech), chunk)]
+
+
+def pipeline_output(service, frames):
+    down, _ = asyncio.run(run_test(service, frames_to_send=frames))
+    images = [(f.pts, np.frombuffer(f.image, np.uint8).reshape(f.size[1], f.size[0], 3)[:, :, ::-1])
+              for f in down if isinstance(f, OutputImageRawFrame)]
+    return down, images
+
+
+def test_pipecat_pipeline_lip_syncs_tts_audio_on_the_engine_clock(checkpoint, avatar_path, speech):
+    service = Wav2LipVideoService(checkpoint_path=checkpoint, avatar=avatar_path)
+    fps = service.fps
+    down, images = pipeline_output(service, [TTSStartedFrame(), *tts_frames(speech), TTSStoppedFrame()])
+
+    # One image per frame of the engine's clock: pts i / fps (nanoseconds), none missing.
+    assert [pts for pts, _ in images] == [round(i / fps * 1e9) for i in range(len(images))]
+    assert all(image.shape == (288, 360, 3) for _, image in images)
+    sound = [f for f in down if isinstance(f, TTSAudioRawFrame)]
+    speaking = [i for i, (pts, _) in enumerate(images) if pts in {f.pts for f in sound}]
+    first = speaking[0]
+    # The speech's frames are consecutive, as many as its duration at the avatar's fps, and
+    # carry exactly its audio (the last one padded with silence).
+    assert speaking == list(range(first, first + math.ceil(len(speech) / 16000 * fps)))
+    played = np.concatenate([np.frombuffer(f.audio, np.int16) for f in sound])
+    np.testing.assert_array_equal(played, np.pad(speech, (0, len(speaking) * per_frame(fps) - len(speech))))
+    assert all(f.sample_rate == 16000 and f.num_channels == 1 for f in sound)
+
+    expected = reference(checkpoint, avatar_path, speech, first)
+    assert len(expected) == len(speaking)
+    for i, frame in zip(speaking, expected):
+        assert_close(images[i][1], frame.image)
+    avatar = live.load_avatar(avatar_path)
+    for i in set(range(len(images))) - set(speaking):
+        np.testing.assert_array_equal(images[i][1], idle_image(avatar, i))
+    # The end of the TTS response leaves after the last frame of its speech.
+    assert down.index(next(f for f in down if isinstance(f, TTSStoppedFrame))) > down.index(sound[-1])
+
+
+class UserBargesIn(FrameProcessor):
+    """After the bot's `after`-th frame of speech, interrupts the pipeline as a user who starts
+    speaking does (the interruption enters at the pipeline's start), and ends the pipeline
+    `then` images after the interruption came through."""
+
+    def __init__(self, after, then):
+        super().__init__(enable_direct_mode=True)
+        self.after, self.then = after, then
+        self.spoken, self.images_since = 0, None
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if isinstance(frame, TTSAudioRawFrame):
+            self.spoken += 1
+            if self.spoken == self.after:
+                await self.push_frame(InterruptionWorkerFrame(), FrameDirection.UPSTREAM)
+        elif isinstance(frame, InterruptionFrame):
+            self.images_since = 0
+        elif isinstance(frame, OutputImageRawFrame) and self.images_since is not None:
+            self.images_since += 1
+            if self.images_since == self.then:
+                await self.push_frame(EndWorkerFrame())
+
+
+def test_pipecat_interruption_stops_the_speech_within_one_frame(checkpoint, avatar_path, speech):
+    service = Wav2LipVideoService(checkpoint_path=checkpoint, avatar=avatar_path)
+    down, _ = asyncio.run(run_test(Pipeline([service, UserBargesIn(after=5, then=4)]), send_end_frame=False,
+                                   frames_to_send=[TTSStartedFrame(), *tts_frames(speech)]))
+    cut = down.index(next(f for f in down if isinstance(f, InterruptionFrame)))
+    assert sum(isinstance(f, TTSAudioRawFrame) for f in down[:cut]) >= 5
+    assert not [f for f in down[cut:] if isinstance(f, TTSAudioRawFrame)]
+    # Images after it: at most one computed before it, then the avatar's own idle frames.
+    after = [f for f in down[cut:] if isinstance(f, OutputImageRawFrame)]
+    assert len(after) >= 4
+    avatar = live.load_avatar(avatar_path)
+    for frame in after[1:]:
+        index = round(frame.pts * service.fps / 1e9)
+        image = np.frombuffer(frame.image, np.uint8).reshape(frame.size[1], frame.size[0], 3)[:, :, ::-1]
+        np.testing.assert_array_equal(image, idle_image(avatar, index))
+
+
+# --------------------------------------------------------------------------- LiveKit
+def audio_frames(speech, chunk=1600):
+    """100 ms rtc.AudioFrames, as LiveKit's DataStreamAudioReceiver gives them."""
+    return [rtc.AudioFrame(speech[i:i + chunk].tobytes(), 16000, 1, len(speech[i:i + chunk]))
+            for i in range(0, len(speech), chunk)]
+
+
+async def take(frames, until, limit=400):
+    """Items of the generator up to the first for which until(items) holds (at most `limit`)."""
+    items = []
+    async for item in frames:
+        items.append(item)
+        if until(items) or len(items) >= limit:
+            return items
+    return items
+
+
+def video_image(frame):
+    rgba = np.frombuffer(bytes(frame.data), np.uint8).reshape(frame.height, frame.width, 4)
+    return cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGR)
+
+
+def test_livekit_generator_frames_interruption_and_segment_ends(checkpoint, avatar_path, speech):
+    async def drive():
+        generator = Wav2LipVideoGenerator(checkpoint_path=checkpoint, avatar=avatar_path)
+        frames = generator.__aiter__()
+        for frame in audio_frames(speech):
+            await generator.push_audio(frame)
+        await generator.push_audio(AudioSegmentEnd())
+        first = await take(frames, lambda items: isinstance(items[-1], AudioSegmentEnd))
+        # A second utterance, interrupted after ten frames; the receiver then ends the segment.
+        for frame in audio_frames(speech):
+            await generator.push_audio(frame)
+        spoken = await take(frames, lambda items: sum(isinstance(i, rtc.AudioFrame) for i in items) == 10)
+        generator.clear_buffer()
+        await generator.push_audio(AudioSegmentEnd())
+        after = await take(frames, lambda items: sum(isinstance(i, rtc.VideoFrame) for i in items) == 6)
+        return generator, first, spoken, after
+
+    generator, first, spoken, after = asyncio.run(drive())
+    options = generator.options
+    fps = options.video_fps
+    avatar = live.load_avatar(avatar_path)
+    assert (options.video_width, options.video_height, fps) == (*avatar.size, avatar.fps)
+    assert (options.audio_sample_rate, options.audio_channels) == (16000, 1)
+
+    # First utterance: every video frame at the avatar's size, each speaking one followed by its
+    # audio; audio and video time (frames since the start / fps, audio played) within one frame.
+    stream = first + spoken + after
+    videos = [i for i in stream if isinstance(i, rtc.VideoFrame)]
+    assert all((v.width, v.height, v.type) == (*avatar.size, rtc.VideoBufferType.RGBA) for v in videos)
+    video_time = audio_time = 0.0
+    speaking, sound = [], []
+    for position, item in enumerate(first):
+        if isinstance(item, rtc.VideoFrame):
+            video_time += 1 / fps
+        elif isinstance(item, rtc.AudioFrame):
+            assert isinstance(first[position - 1], rtc.VideoFrame)
+            assert (item.sample_rate, item.num_channels, item.samples_per_channel) == (16000, 1, per_frame(fps))
+            speaking.append(len([i for i in first[:position] if isinstance(i, rtc.VideoFrame)]) - 1)
+            sound.append(np.frombuffer(bytes(item.data), np.int16))
+            audio_time = max(audio_time, speaking[0] / fps) + item.duration
+            assert abs(audio_time - video_time) <= 1 / fps + 1e-9
+    assert speaking == list(range(speaking[0], speaking[0] + math.ceil(len(speech) / 16000 * fps)))
+    np.testing.assert_array_equal(np.concatenate(sound), np.pad(speech, (0, len(sound) * per_frame(fps) - len(speech))))
+
+    # Frames in order: the speech's frames are the live session's, the others the avatar's idle ones.
+    first_videos = [video_image(i) for i in first if isinstance(i, rtc.VideoFrame)]
+    for index, frame in zip(speaking, reference(checkpoint, avatar_path, speech, speaking[0])):
+        assert_close(first_videos[index], frame.image)
+    for index in set(range(len(first_videos))) - set(speaking):
+        np.testing.assert_array_equal(first_videos[index], idle_image(avatar, index))
+
+    # clear_buffer: no more speech; after at most one frame computed before it, idle frames.
+    assert not [i for i in after if isinstance(i, rtc.AudioFrame)]
+    offset = len([i for i in first + spoken if isinstance(i, rtc.VideoFrame)])
+    after_videos = [video_image(i) for i in after if isinstance(i, rtc.VideoFrame)]
+    for index, image in enumerate(after_videos[1:], offset + 1):
+        np.testing.assert_array_equal(image, idle_image(avatar, index))
+    # One segment end per utterance: the first after its last audio, the interrupted one once.
+    ends = [position for position, i in enumerate(stream) if isinstance(i, AudioSegmentEnd)]
+    assert len(ends) == 2 and ends[0] == len(first) - 1 and isinstance(first[-2], rtc.AudioFrame)
