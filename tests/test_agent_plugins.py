@@ -84,7 +84,7 @@ def tts_frames(speech, chunk=320):
 
 
 def pipeline_output(service, frames):
-    down, _ = asyncio.run(run_test(service, frames_to_send=frames))
+    down, _ = asyncio.run(run_test(service, frames_to_send=frames, start_timeout=60))
     images = [(f.pts, np.frombuffer(f.image, np.uint8).reshape(f.size[1], f.size[0], 3)[:, :, ::-1])
               for f in down if isinstance(f, OutputImageRawFrame)]
     return down, images
@@ -146,7 +146,7 @@ class UserBargesIn(FrameProcessor):
 
 def test_pipecat_interruption_stops_the_speech_within_one_frame(checkpoint, avatar_path, speech):
     service = Wav2LipVideoService(checkpoint_path=checkpoint, avatar=avatar_path)
-    down, _ = asyncio.run(run_test(Pipeline([service, UserBargesIn(after=5, then=4)]), send_end_frame=False,
+    down, _ = asyncio.run(run_test(Pipeline([service, UserBargesIn(after=5, then=4)]), send_end_frame=False, start_timeout=60,
                                    frames_to_send=[TTSStartedFrame(), *tts_frames(speech)]))
     cut = down.index(next(f for f in down if isinstance(f, InterruptionFrame)))
     assert sum(isinstance(f, TTSAudioRawFrame) for f in down[:cut]) >= 5
