@@ -67,7 +67,10 @@ async def serve(args, token, video_gen):
     from livekit.agents.voice.avatar import AvatarRunner, DataStreamAudioReceiver
 
     room = rtc.Room()
-    await room.connect(args.url, token)
+    try:
+        await room.connect(args.url, token)
+    except rtc.ConnectError as e:
+        raise SystemExit("error: cannot join the room at %s (%s); check the URL and the credentials" % (args.url, e))
     try:
         runner = AvatarRunner(room, audio_recv=DataStreamAudioReceiver(room, sender_identity=args.agent_identity),
                               video_gen=video_gen, options=video_gen.options)

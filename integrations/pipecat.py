@@ -36,9 +36,9 @@ class Wav2LipVideoService(FrameProcessor):
 
     `avatar` is a prepared avatar's folder (live.prepare_avatar) or a loaded live.Avatar;
     `fast` and `session_options` (silence_gap, batch_size, ...) are live.Session's; `device`
-    defaults to the best available. The TTS audio is replaced by the audio of each emitted frame (16 kHz mono), so put the
-    service between the TTS and the output transport; configure the transport's video output
-    with the avatar's size and fps (`.size`, `.fps`).
+    defaults to the best available. The TTS audio is replaced by the audio of each emitted
+    frame (16 kHz mono), so put the service between the TTS and the output transport, and give
+    the transport's video output the avatar's size and fps (`.size`, `.fps`).
     """
 
     def __init__(self, *, checkpoint_path, avatar, fast=False, device=None, name=None, **session_options):

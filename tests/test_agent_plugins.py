@@ -83,11 +83,14 @@ def tts_frames(speech, chunk=320):
             for i in range(0, len(speech), chunk)]
 
 
+def bgr(image_frame):
+    width, height = image_frame.size
+    return np.frombuffer(image_frame.image, np.uint8).reshape(height, width, 3)[:, :, ::-1]
+
+
 def pipeline_output(service, frames):
     down, _ = asyncio.run(run_test(service, frames_to_send=frames, start_timeout=60))
-    images = [(f.pts, np.frombuffer(f.image, np.uint8).reshape(f.size[1], f.size[0], 3)[:, :, ::-1])
-              for f in down if isinstance(f, OutputImageRawFrame)]
-    return down, images
+    return down, [(f.pts, bgr(f)) for f in down if isinstance(f, OutputImageRawFrame)]
 
 
 def test_pipecat_pipeline_lip_syncs_tts_audio_on_the_engine_clock(checkpoint, avatar_path, speech):
@@ -146,8 +149,8 @@ class UserBargesIn(FrameProcessor):
 
 def test_pipecat_interruption_stops_the_speech_within_one_frame(checkpoint, avatar_path, speech):
     service = Wav2LipVideoService(checkpoint_path=checkpoint, avatar=avatar_path)
-    down, _ = asyncio.run(run_test(Pipeline([service, UserBargesIn(after=5, then=4)]), send_end_frame=False, start_timeout=60,
-                                   frames_to_send=[TTSStartedFrame(), *tts_frames(speech)]))
+    down, _ = asyncio.run(run_test(Pipeline([service, UserBargesIn(after=5, then=4)]), send_end_frame=False,
+                                   frames_to_send=[TTSStartedFrame(), *tts_frames(speech)], start_timeout=60))
     cut = down.index(next(f for f in down if isinstance(f, InterruptionFrame)))
     assert sum(isinstance(f, TTSAudioRawFrame) for f in down[:cut]) >= 5
     assert not [f for f in down[cut:] if isinstance(f, TTSAudioRawFrame)]
@@ -156,9 +159,7 @@ def test_pipecat_interruption_stops_the_speech_within_one_frame(checkpoint, avat
     assert len(after) >= 4
     avatar = live.load_avatar(avatar_path)
     for frame in after[1:]:
-        index = round(frame.pts * service.fps / 1e9)
-        image = np.frombuffer(frame.image, np.uint8).reshape(frame.size[1], frame.size[0], 3)[:, :, ::-1]
-        np.testing.assert_array_equal(image, idle_image(avatar, index))
+        np.testing.assert_array_equal(bgr(frame), idle_image(avatar, round(frame.pts * service.fps / 1e9)))
 
 
 # --------------------------------------------------------------------------- LiveKit
