@@ -7,6 +7,7 @@ import math
 import cv2
 import numpy as np
 import pytest
+import soxr
 import torch
 from livekit import rtc
 from livekit.agents.voice.avatar import AudioSegmentEnd
@@ -77,9 +78,12 @@ def per_frame(fps):
 
 
 # --------------------------------------------------------------------------- Pipecat
-def tts_frames(speech, chunk=320):
-    """20 ms TTSAudioRawFrames, as a streaming TTS service pushes them."""
-    return [TTSAudioRawFrame(audio=speech[i:i + chunk].tobytes(), sample_rate=16000, num_channels=1)
+def tts_frames(speech, rate=16000):
+    """20 ms TTSAudioRawFrames at `rate`, as a streaming TTS service pushes them."""
+    if rate != 16000:
+        speech = soxr.resample(speech, 16000, rate)
+    chunk = rate // 50
+    return [TTSAudioRawFrame(audio=speech[i:i + chunk].tobytes(), sample_rate=rate, num_channels=1)
             for i in range(0, len(speech), chunk)]
 
 
@@ -148,9 +152,11 @@ class UserBargesIn(FrameProcessor):
 
 
 def test_pipecat_interruption_stops_the_speech_within_one_frame(checkpoint, avatar_path, speech):
+    # TTS at 24 kHz, as most services send it (the session resamples).
     service = Wav2LipVideoService(checkpoint_path=checkpoint, avatar=avatar_path)
     down, _ = asyncio.run(run_test(Pipeline([service, UserBargesIn(after=5, then=4)]), send_end_frame=False,
-                                   frames_to_send=[TTSStartedFrame(), *tts_frames(speech)], start_timeout=60))
+                                   frames_to_send=[TTSStartedFrame(), *tts_frames(speech, 24000)],
+                                   start_timeout=60))
     cut = down.index(next(f for f in down if isinstance(f, InterruptionFrame)))
     assert sum(isinstance(f, TTSAudioRawFrame) for f in down[:cut]) >= 5
     assert not [f for f in down[cut:] if isinstance(f, TTSAudioRawFrame)]
