@@ -7,6 +7,7 @@
 Each of those imports its framework (`pip install -r requirements-agents.txt`); this package
 imports neither, only what both adapters share.
 """
+import math
 import os
 from collections import deque
 
@@ -39,15 +40,19 @@ class Playout:
     """Speech given to a session against speech that has come out of it, so that markers pushed
     after an utterance (its end; the end of the stream) leave only once its last frame is out.
 
-    Frames are read with a ticket taken just before the read: a frame read before an
-    interruption is stale (its audio must not play), and an idle frame releases only the
-    markers placed before its read began.
+    The session pads each utterance to whole frames, so an utterance's end is counted at the
+    next frame boundary. Frames are read with a ticket taken just before the read: a frame read
+    before an interruption is stale (its audio must not play: check `fresh` just before playing
+    it), and an idle frame means all the speech given before its read is out, which releases
+    the markers placed by then and puts the count right again (short utterances are padded more).
     """
 
-    def __init__(self):
+    def __init__(self, fps):
+        self.fps = fps
         self.epoch = 0            # interruptions so far
         self.given = 0.0          # seconds of speech given since the last interruption
-        self.played = 0.0         # seconds of speech out since then
+        self.ended = 0.0          # of which in ended utterances, whole frames each
+        self.played = 0.0         # seconds of speech out since the last interruption
         self.placed = 0           # markers placed so far
         self.marks = deque()      # (seconds given before it, serial, marker)
 
@@ -55,31 +60,37 @@ class Playout:
         self.given += num_samples / sample_rate
 
     def place(self, marker):
+        """`marker` goes out after the speech given so far, which ends an utterance."""
+        frames = max(0, math.ceil((self.given - self.ended - PLAYOUT_SLACK) * self.fps))
+        self.given = self.ended = self.ended + frames / self.fps
         self.marks.append((self.given, self.placed, marker))
         self.placed += 1
 
     def ticket(self):
-        return self.epoch, self.placed
+        return self.epoch, self.placed, self.given
 
     def interrupt(self):
         """Forget all speech given and return the markers waiting for it."""
         dropped = [marker for _, _, marker in self.marks]
         self.epoch += 1
-        self.given = self.played = 0.0
+        self.given = self.ended = self.played = 0.0
         self.marks.clear()
         return dropped
 
+    def fresh(self, ticket):
+        """Whether no interruption came since `ticket` was taken: the frame read with it may speak."""
+        return ticket[0] == self.epoch
+
     def out(self, frame, ticket):
-        """(fresh, released markers) for `frame` of a session read with `ticket`."""
-        epoch, placed = ticket
-        if epoch != self.epoch:
-            return False, []
-        if frame.speaking:
-            self.played += len(frame.audio) / SAMPLE_RATE
+        """The markers released by `frame` of a session, read with `ticket`."""
+        if not self.fresh(ticket):
+            return []
+        _, placed, given = ticket
+        self.played = self.played + len(frame.audio) / SAMPLE_RATE if frame.speaking else given
         released = []
         while self.marks:
             given, serial, marker = self.marks[0]
             if not (given <= self.played + PLAYOUT_SLACK or (not frame.speaking and serial < placed)):
                 break
             released.append(self.marks.popleft()[2])
-        return True, released
+        return released

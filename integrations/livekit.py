@@ -31,7 +31,7 @@ class Wav2LipVideoGenerator(VideoGenerator):
 
     def __init__(self, *, checkpoint_path, avatar, fast=False, device=None, **session_options):
         self._session, self._avatar = open_session(checkpoint_path, avatar, fast, device, **session_options)
-        self._playout = Playout()
+        self._playout = Playout(self._avatar.fps)
 
     @property
     def options(self):
@@ -63,11 +63,11 @@ class Wav2LipVideoGenerator(VideoGenerator):
             frame = await asyncio.to_thread(self._session.read, READ_TIMEOUT)
             if frame is None:
                 continue
-            fresh, released = self._playout.out(frame, ticket)
+            released = self._playout.out(frame, ticket)
             height, width = frame.image.shape[:2]
             rgba = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGBA)
             yield rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, rgba.tobytes())
-            if frame.speaking and fresh:          # a frame read before clear_buffer stays silent
+            if frame.speaking and self._playout.fresh(ticket):   # one read before clear_buffer stays silent
                 yield rtc.AudioFrame(frame.audio.tobytes(), SAMPLE_RATE, 1, len(frame.audio))
             for marker in released:
                 yield marker

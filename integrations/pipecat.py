@@ -44,7 +44,7 @@ class Wav2LipVideoService(FrameProcessor):
     def __init__(self, *, checkpoint_path, avatar, fast=False, device=None, name=None, **session_options):
         super().__init__(name=name)
         self._session, self._avatar = open_session(checkpoint_path, avatar, fast, device, **session_options)
-        self._playout = Playout()
+        self._playout = Playout(self._avatar.fps)
         self._task = None
 
     @property
@@ -93,21 +93,21 @@ class Wav2LipVideoService(FrameProcessor):
             if wait is None or wait < -MAX_LATE:
                 start, wait = time.monotonic() - frame.pts, 0.0
             await asyncio.sleep(max(0.0, wait))
-            fresh, released = self._playout.out(frame, ticket)
-            await self._push_output(frame, fresh)
+            released = self._playout.out(frame, ticket)
+            await self._push_output(frame, ticket)
             for marker in released:
                 await self.push_frame(marker)
                 if isinstance(marker, EndFrame):
                     self._task = None             # the pipeline tears down from here
                     return
 
-    async def _push_output(self, frame, fresh):
+    async def _push_output(self, frame, ticket):
         pts = round(frame.pts * 1e9)              # Pipecat's pts are nanoseconds
         image = OutputImageRawFrame(image=cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB).tobytes(),
                                     size=(frame.image.shape[1], frame.image.shape[0]), format="RGB")
         image.pts = pts
         await self.push_frame(image)
-        if frame.speaking and fresh:              # a frame read before an interruption stays silent
+        if frame.speaking and self._playout.fresh(ticket):   # one read before an interruption stays silent
             audio = TTSAudioRawFrame(audio=frame.audio.tobytes(), sample_rate=SAMPLE_RATE, num_channels=1)
             audio.pts = pts
             await self.push_frame(audio)

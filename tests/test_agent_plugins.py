@@ -26,7 +26,7 @@ from integrations.pipecat import Wav2LipVideoService
 
 GRID = MEDIA / "bbaf2n.mpg"                # 360x288, 25 fps, 75 frames
 BOX = (60, 220, 110, 250)                  # top bottom left right around the speaker's face
-SECONDS = 2.0                              # of jfk.wav
+SECONDS = 1.9                              # of jfk.wav (not a whole number of frames)
 
 
 @pytest.fixture(scope="module")
@@ -190,63 +190,77 @@ def video_image(frame):
     return cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGR)
 
 
+def timeline(items):
+    """(video frames, {video frame number: its audio frame}, video frames before each
+    AudioSegmentEnd) of the generator's items; each audio frame must follow its own video frame."""
+    videos, sound, ends = [], {}, []
+    for item in items:
+        if isinstance(item, rtc.VideoFrame):
+            videos.append(item)
+        elif isinstance(item, rtc.AudioFrame):
+            assert videos and len(videos) - 1 not in sound
+            sound[len(videos) - 1] = item
+        else:
+            assert isinstance(item, AudioSegmentEnd)
+            ends.append(len(videos))
+    return videos, sound, ends
+
+
 def test_livekit_generator_frames_interruption_and_segment_ends(checkpoint, avatar_path, speech):
+    short = speech[:8000]                      # a second utterance right after the first
+
     async def drive():
         generator = Wav2LipVideoGenerator(checkpoint_path=checkpoint, avatar=avatar_path)
         frames = generator.__aiter__()
+        for utterance in (speech, short):
+            for frame in audio_frames(utterance):
+                await generator.push_audio(frame)
+            await generator.push_audio(AudioSegmentEnd())
+        items = await take(frames, lambda items: sum(isinstance(i, AudioSegmentEnd) for i in items) == 2)
+        # A third, interrupted after ten frames; the receiver then ends the segment, as it does.
         for frame in audio_frames(speech):
             await generator.push_audio(frame)
-        await generator.push_audio(AudioSegmentEnd())
-        first = await take(frames, lambda items: isinstance(items[-1], AudioSegmentEnd))
-        # A second utterance, interrupted after ten frames; the receiver then ends the segment.
-        for frame in audio_frames(speech):
-            await generator.push_audio(frame)
-        spoken = await take(frames, lambda items: sum(isinstance(i, rtc.AudioFrame) for i in items) == 10)
+        items += await take(frames, lambda items: sum(isinstance(i, rtc.AudioFrame) for i in items) == 10)
+        cleared = len(items)
         generator.clear_buffer()
         await generator.push_audio(AudioSegmentEnd())
-        after = await take(frames, lambda items: sum(isinstance(i, rtc.VideoFrame) for i in items) == 6)
-        return generator, first, spoken, after
+        items += await take(frames, lambda items: sum(isinstance(i, rtc.VideoFrame) for i in items) == 6)
+        return generator.options, items, cleared
 
-    generator, first, spoken, after = asyncio.run(drive())
-    options = generator.options
-    fps = options.video_fps
+    options, items, cleared = asyncio.run(drive())
     avatar = live.load_avatar(avatar_path)
-    assert (options.video_width, options.video_height, fps) == (*avatar.size, avatar.fps)
+    fps = avatar.fps
+    assert (options.video_width, options.video_height, options.video_fps) == (*avatar.size, fps)
     assert (options.audio_sample_rate, options.audio_channels) == (16000, 1)
-
-    # First utterance: every video frame at the avatar's size, each speaking one followed by its
-    # audio; audio and video time (frames since the start / fps, audio played) within one frame.
-    stream = first + spoken + after
-    videos = [i for i in stream if isinstance(i, rtc.VideoFrame)]
+    videos, sound, ends = timeline(items)
     assert all((v.width, v.height, v.type) == (*avatar.size, rtc.VideoBufferType.RGBA) for v in videos)
-    video_time = audio_time = 0.0
-    speaking, sound = [], []
-    for position, item in enumerate(first):
-        if isinstance(item, rtc.VideoFrame):
-            video_time += 1 / fps
-        elif isinstance(item, rtc.AudioFrame):
-            assert isinstance(first[position - 1], rtc.VideoFrame)
-            assert (item.sample_rate, item.num_channels, item.samples_per_channel) == (16000, 1, per_frame(fps))
-            speaking.append(len([i for i in first[:position] if isinstance(i, rtc.VideoFrame)]) - 1)
-            sound.append(np.frombuffer(bytes(item.data), np.int16))
-            audio_time = max(audio_time, speaking[0] / fps) + item.duration
-            assert abs(audio_time - video_time) <= 1 / fps + 1e-9
-    assert speaking == list(range(speaking[0], speaking[0] + math.ceil(len(speech) / 16000 * fps)))
-    np.testing.assert_array_equal(np.concatenate(sound), np.pad(speech, (0, len(sound) * per_frame(fps) - len(speech))))
+    assert all((a.sample_rate, a.num_channels, a.samples_per_channel) == (16000, 1, per_frame(fps))
+               for a in sound.values())
 
-    # Frames in order: the speech's frames are the live session's, the others the avatar's idle ones.
-    first_videos = [video_image(i) for i in first if isinstance(i, rtc.VideoFrame)]
-    for index, frame in zip(speaking, reference(checkpoint, avatar_path, speech, speaking[0])):
-        assert_close(first_videos[index], frame.image)
-    for index in set(range(len(first_videos))) - set(speaking):
-        np.testing.assert_array_equal(first_videos[index], idle_image(avatar, index))
+    # The two utterances: consecutive frames, as many as each lasts at the avatar's fps, each
+    # frame's audio the speech's, its end reported right after its last frame.
+    first = min(sound)
+    lengths = [math.ceil(len(u) / 16000 * fps) for u in (speech, short)]
+    bounds = [first, first + lengths[0], first + sum(lengths)]
+    assert ends[:2] == bounds[1:]
+    assert sorted(k for k in sound if k < bounds[2]) == list(range(first, bounds[2]))
+    for utterance, begin, end in zip((speech, short), bounds, bounds[1:]):
+        played = np.concatenate([np.frombuffer(bytes(sound[k].data), np.int16) for k in range(begin, end)])
+        np.testing.assert_array_equal(played, np.pad(utterance, (0, len(played) - len(utterance))))
+    # Audio time (the speech's start, then the audio played) and video time within one frame.
+    audio_time = first / fps
+    for k in range(first, bounds[2]):
+        assert abs(audio_time - k / fps) <= 1 / fps
+        audio_time += sound[k].duration
+    # Frames in order: the first utterance's are the live session's, idle ones the avatar's own.
+    for k, frame in zip(range(first, bounds[1]), reference(checkpoint, avatar_path, speech, first)):
+        assert_close(video_image(videos[k]), frame.image)
+    for k in range(first):
+        np.testing.assert_array_equal(video_image(videos[k]), idle_image(avatar, k))
 
-    # clear_buffer: no more speech; after at most one frame computed before it, idle frames.
-    assert not [i for i in after if isinstance(i, rtc.AudioFrame)]
-    offset = len([i for i in first + spoken if isinstance(i, rtc.VideoFrame)])
-    after_videos = [video_image(i) for i in after if isinstance(i, rtc.VideoFrame)]
-    for index, image in enumerate(after_videos[1:], offset + 1):
-        np.testing.assert_array_equal(image, idle_image(avatar, index))
-    # One segment end per utterance: the first after its last audio, the interrupted one once.
-    ends = [position for position, i in enumerate(stream) if isinstance(i, AudioSegmentEnd)]
-    assert len(ends) == 2 and ends[0] == len(first) - 1 and isinstance(first[-2], rtc.AudioFrame)
+    # clear_buffer: no audio after it, and after at most one frame computed before it, idle
+    # frames; the interrupted utterance's end is reported once.
+    cut = len(timeline(items[:cleared])[0])
+    assert max(sound) < cut and len(ends) == 3 and ends[2] > cut
+    for k in range(cut + 1, len(videos)):
+        np.testing.assert_array_equal(video_image(videos[k]), idle_image(avatar, k))
