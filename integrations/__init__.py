@@ -14,9 +14,10 @@ from collections import deque
 import numpy as np
 
 import live
+from hparams import hparams
 from lipsync import best_device, load_model
 
-SAMPLE_RATE = 16000          # of the audio a session gives with every frame
+SAMPLE_RATE = hparams.sample_rate     # of the audio a session gives with every frame (16 kHz)
 # Speech given and played are compared within this (s): resampled speech can come out a few samples short.
 PLAYOUT_SLACK = 1e-3
 

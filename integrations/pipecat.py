@@ -67,7 +67,10 @@ class Wav2LipVideoService(FrameProcessor):
         elif isinstance(frame, (TTSStoppedFrame, EndFrame)):
             # Both leave once the speech before them is out; EndFrame then stops the service.
             self._session.end_utterance()
-            self._playout.place(frame)
+            if self._task is None or self._task.done():   # not started, or failed: nothing to wait for
+                await self.push_frame(frame, direction)
+            else:
+                self._playout.place(frame)
         elif isinstance(frame, InterruptionFrame):
             self._session.interrupt()
             for held in self._playout.interrupt():

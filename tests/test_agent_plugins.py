@@ -264,3 +264,13 @@ def test_livekit_generator_frames_interruption_and_segment_ends(checkpoint, avat
     assert max(sound) < cut and len(ends) == 3 and ends[2] > cut
     for k in range(cut + 1, len(videos)):
         np.testing.assert_array_equal(video_image(videos[k]), idle_image(avatar, k))
+
+
+@pytest.mark.parametrize("plugin", [Wav2LipVideoService, Wav2LipVideoGenerator])
+def test_plugins_name_a_bad_avatar_or_checkpoint_in_one_line(plugin, checkpoint, avatar_path, tmp_path):
+    with pytest.raises(live.AvatarError, match="prepare_avatar.py") as error:
+        plugin(checkpoint_path=checkpoint, avatar=tmp_path / "no_avatar")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="missing.pth") as error:
+        plugin(checkpoint_path=tmp_path / "missing.pth", avatar=avatar_path)
+    assert "\n" not in str(error.value)
