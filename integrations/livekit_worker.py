@@ -11,6 +11,7 @@ It stops when the agent leaves or the room closes.
 """
 import argparse
 import asyncio
+import logging
 import os
 import sys
 
@@ -71,6 +72,7 @@ async def serve(args, token, video_gen):
         await room.connect(args.url, token)
     except rtc.ConnectError as e:
         raise SystemExit("error: cannot join the room at %s (%s); check the URL and the credentials" % (args.url, e))
+    logging.info("joined room %s as %s", room.name, room.local_participant.identity)
     try:
         runner = AvatarRunner(room, audio_recv=DataStreamAudioReceiver(room, sender_identity=args.agent_identity),
                               video_gen=video_gen, options=video_gen.options)
@@ -85,6 +87,7 @@ async def serve(args, token, video_gen):
         room.on("participant_disconnected", on_left)
         room.on("disconnected", lambda *_: done.set())
         await done.wait()
+        logging.info("the agent left: stopping")
         await runner.aclose()
     finally:
         await room.disconnect()
@@ -100,6 +103,7 @@ def main(argv=None):
                                           fast=args.fast, device=args.device)
     except (OSError, ValueError) as e:
         raise SystemExit("error: %s" % e)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(args, token, video_gen))
 
 
