@@ -7,6 +7,7 @@
 Each of those imports its framework (`pip install -r requirements-agents.txt`); this package
 imports neither, only what both adapters share.
 """
+import asyncio
 import math
 import os
 from collections import deque
@@ -20,6 +21,12 @@ from lipsync import best_device, load_model
 SAMPLE_RATE = hparams.sample_rate     # of the audio a session gives with every frame (16 kHz)
 # Speech given and played are compared within this (s): resampled speech can come out a few samples short.
 PLAYOUT_SLACK = 1e-3
+# While it speaks, a session is read this far (s) ahead of the frame being shown: the generator
+# computes a batch at a time (16 frames on a CPU: 0.43 s at 27 ms a frame), and the frames
+# already read play while the next batch is computed. Idle frames are read one at a time, so
+# speech pushed during idle starts at the next frame.
+READ_AHEAD = 0.5
+READ_TIMEOUT = 0.5           # seconds; a read never blocks a reader for longer
 
 
 def open_session(checkpoint_path, avatar, fast=False, device=None, **session_options):
@@ -30,6 +37,30 @@ def open_session(checkpoint_path, avatar, fast=False, device=None, **session_opt
         avatar = live.load_avatar(avatar)
     model = load_model(checkpoint_path, device or best_device())
     return live.Session(model, avatar, fast=fast, **session_options), avatar
+
+
+def frame_queue(fps):
+    """The queue read_ahead fills: (frame, ticket) pairs, READ_AHEAD seconds of them at most."""
+    return asyncio.Queue(maxsize=max(1, math.ceil(READ_AHEAD * fps)))
+
+
+async def read_ahead(session, playout, queue):
+    """Read `session`'s frames, each with its Playout ticket, into `queue` (frame_queue); the
+    consumer calls queue.task_done() as it takes each."""
+    while True:
+        ticket = playout.ticket()
+        frame = await asyncio.to_thread(session.read, READ_TIMEOUT)
+        if frame is None:
+            continue
+        await queue.put((frame, ticket))
+        if not frame.speaking:
+            await queue.join()
+
+
+def shown(frame, avatar, fresh):
+    """The image to show for `frame`: a speaking frame read before an interruption shows the
+    avatar's own frame instead, as the idle frame of that index does."""
+    return frame.image if fresh or not frame.speaking else avatar.frame(frame.source_index)
 
 
 def pcm16(data, num_channels):

@@ -16,9 +16,7 @@ import cv2
 from livekit import rtc
 from livekit.agents.voice.avatar import AudioSegmentEnd, AvatarOptions, VideoGenerator
 
-from integrations import SAMPLE_RATE, Playout, open_session, pcm16
-
-READ_TIMEOUT = 0.5           # seconds; a read never blocks the iteration for longer
+from integrations import SAMPLE_RATE, Playout, frame_queue, open_session, pcm16, read_ahead, shown
 
 
 class Wav2LipVideoGenerator(VideoGenerator):
@@ -58,16 +56,19 @@ class Wav2LipVideoGenerator(VideoGenerator):
         return self._frames()
 
     async def _frames(self):
-        while True:
-            ticket = self._playout.ticket()
-            frame = await asyncio.to_thread(self._session.read, READ_TIMEOUT)
-            if frame is None:
-                continue
-            released = self._playout.out(frame, ticket)
-            height, width = frame.image.shape[:2]
-            rgba = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGBA)
-            yield rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, rgba.tobytes())
-            if frame.speaking and self._playout.fresh(ticket):   # one read before clear_buffer stays silent
-                yield rtc.AudioFrame(frame.audio.tobytes(), SAMPLE_RATE, 1, len(frame.audio))
-            for marker in released:
-                yield marker
+        queue = frame_queue(self._avatar.fps)
+        reader = asyncio.create_task(read_ahead(self._session, self._playout, queue))
+        try:
+            while True:
+                frame, ticket = await queue.get()
+                queue.task_done()
+                released = self._playout.out(frame, ticket)
+                image = shown(frame, self._avatar, self._playout.fresh(ticket))
+                rgba = cv2.cvtColor(image, cv2.COLOR_BGR2RGBA)
+                yield rtc.VideoFrame(rgba.shape[1], rgba.shape[0], rtc.VideoBufferType.RGBA, rgba.tobytes())
+                if frame.speaking and self._playout.fresh(ticket):   # not if read before clear_buffer
+                    yield rtc.AudioFrame(frame.audio.tobytes(), SAMPLE_RATE, 1, len(frame.audio))
+                for marker in released:
+                    yield marker
+        finally:
+            reader.cancel()

@@ -23,9 +23,8 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from integrations import SAMPLE_RATE, Playout, open_session, pcm16
+from integrations import SAMPLE_RATE, Playout, frame_queue, open_session, pcm16, read_ahead, shown
 
-READ_TIMEOUT = 0.5           # seconds; a read never blocks the service's task for longer
 # A frame this late (s) restarts the clock from it: after a stall (speech arriving slower than
 # real time, a slow machine) a burst of overdue frames would put the video ahead of the audio.
 MAX_LATE = 0.2
@@ -45,7 +44,7 @@ class Wav2LipVideoService(FrameProcessor):
         super().__init__(name=name)
         self._session, self._avatar = open_session(checkpoint_path, avatar, fast, device, **session_options)
         self._playout = Playout(self._avatar.fps)
-        self._task = None
+        self._tasks = []          # the session's reader and the player
 
     @property
     def size(self):
@@ -59,7 +58,10 @@ class Wav2LipVideoService(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
             await self.push_frame(frame, direction)
-            self._task = self._task or self.create_task(self._play(), "wav2lip_play")
+            if not self._tasks:
+                queue = frame_queue(self.fps)
+                self._tasks = [self.create_task(read_ahead(self._session, self._playout, queue), "wav2lip_read"),
+                               self.create_task(self._play(queue), "wav2lip_play")]
         elif isinstance(frame, TTSAudioRawFrame):
             samples = pcm16(frame.audio, frame.num_channels)
             self._session.push(samples, sample_rate=frame.sample_rate)
@@ -67,7 +69,7 @@ class Wav2LipVideoService(FrameProcessor):
         elif isinstance(frame, (TTSStoppedFrame, EndFrame)):
             # Both leave once the speech before them is out; EndFrame then stops the service.
             self._session.end_utterance()
-            if self._task is None or self._task.done():   # not started, or failed: nothing to wait for
+            if not self._tasks or any(task.done() for task in self._tasks):   # not started, or failed
                 await self.push_frame(frame, direction)
             else:
                 self._playout.place(frame)
@@ -83,15 +85,13 @@ class Wav2LipVideoService(FrameProcessor):
         else:
             await self.push_frame(frame, direction)
 
-    async def _play(self):
-        """Read the session's frames and push each when due: the engine's pts on a monotonic
-        clock started at the first frame."""
+    async def _play(self, queue):
+        """Push each frame the reader has read when due: the engine's pts on a monotonic clock
+        started at the first frame."""
         start = None
         while True:
-            ticket = self._playout.ticket()
-            frame = await asyncio.to_thread(self._session.read, READ_TIMEOUT)
-            if frame is None:
-                continue
+            frame, ticket = await queue.get()
+            queue.task_done()
             wait = None if start is None else start + frame.pts - time.monotonic()
             if wait is None or wait < -MAX_LATE:
                 start, wait = time.monotonic() - frame.pts, 0.0
@@ -100,25 +100,24 @@ class Wav2LipVideoService(FrameProcessor):
             await self._push_output(frame, ticket)
             for marker in released:
                 await self.push_frame(marker)
-                if isinstance(marker, EndFrame):
-                    self._task = None             # the pipeline tears down from here
+                if isinstance(marker, EndFrame):      # the pipeline tears down from here
                     return
 
     async def _push_output(self, frame, ticket):
         pts = round(frame.pts * 1e9)              # Pipecat's pts are nanoseconds
-        image = OutputImageRawFrame(image=cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB).tobytes(),
-                                    size=(frame.image.shape[1], frame.image.shape[0]), format="RGB")
+        rgb = cv2.cvtColor(shown(frame, self._avatar, self._playout.fresh(ticket)), cv2.COLOR_BGR2RGB)
+        image = OutputImageRawFrame(image=rgb.tobytes(), size=(rgb.shape[1], rgb.shape[0]), format="RGB")
         image.pts = pts
         await self.push_frame(image)
-        if frame.speaking and self._playout.fresh(ticket):   # one read before an interruption stays silent
+        if frame.speaking and self._playout.fresh(ticket):   # not if read before an interruption
             audio = TTSAudioRawFrame(audio=frame.audio.tobytes(), sample_rate=SAMPLE_RATE, num_channels=1)
             audio.pts = pts
             await self.push_frame(audio)
 
     async def _stop(self):
-        if self._task is not None:
-            await self.cancel_task(self._task)
-            self._task = None
+        for task in self._tasks:
+            await self.cancel_task(task)
+        self._tasks = []
         self._session.interrupt()
 
     async def cleanup(self):

@@ -151,7 +151,7 @@ class UserBargesIn(FrameProcessor):
                 await self.push_frame(EndWorkerFrame())
 
 
-def test_pipecat_interruption_stops_the_speech_within_one_frame(checkpoint, avatar_path, speech):
+def test_pipecat_interruption_stops_the_speech_at_once(checkpoint, avatar_path, speech):
     # TTS at 24 kHz, as most services send it (the session resamples).
     service = Wav2LipVideoService(checkpoint_path=checkpoint, avatar=avatar_path)
     down, _ = asyncio.run(run_test(Pipeline([service, UserBargesIn(after=5, then=4)]), send_end_frame=False,
@@ -160,11 +160,11 @@ def test_pipecat_interruption_stops_the_speech_within_one_frame(checkpoint, avat
     cut = down.index(next(f for f in down if isinstance(f, InterruptionFrame)))
     assert sum(isinstance(f, TTSAudioRawFrame) for f in down[:cut]) >= 5
     assert not [f for f in down[cut:] if isinstance(f, TTSAudioRawFrame)]
-    # Images after it: at most one computed before it, then the avatar's own idle frames.
+    # Images after it: the avatar's own idle frames, also those read ahead before it.
     after = [f for f in down[cut:] if isinstance(f, OutputImageRawFrame)]
     assert len(after) >= 4
     avatar = live.load_avatar(avatar_path)
-    for frame in after[1:]:
+    for frame in after:
         np.testing.assert_array_equal(bgr(frame), idle_image(avatar, round(frame.pts * service.fps / 1e9)))
 
 
@@ -258,11 +258,11 @@ def test_livekit_generator_frames_interruption_and_segment_ends(checkpoint, avat
     for k in range(first):
         np.testing.assert_array_equal(video_image(videos[k]), idle_image(avatar, k))
 
-    # clear_buffer: no audio after it, and after at most one frame computed before it, idle
-    # frames; the interrupted utterance's end is reported once.
+    # clear_buffer: no audio after it, only idle frames (also those read ahead before it); the
+    # interrupted utterance's end is reported once.
     cut = len(timeline(items[:cleared])[0])
     assert max(sound) < cut and len(ends) == 3 and ends[2] > cut
-    for k in range(cut + 1, len(videos)):
+    for k in range(cut, len(videos)):
         np.testing.assert_array_equal(video_image(videos[k]), idle_image(avatar, k))
 
 
