@@ -92,7 +92,7 @@ def test_streaming_mel_columns_wait_only_for_their_samples(speech):
 def test_session_reproduces_the_offline_core_frame_for_frame(model, avatar, speech):
     """Acceptance 1: 20 ms chunks of real speech, each frame as soon as its window is final,
     against inference.lipsync_frames on the same avatar frames, mel windows and boxes."""
-    utterance = speech[:25600]                                # 1.6 s: 40 frames at 25 fps
+    utterance = speech[:16000]                                # 1 s: 25 frames at 25 fps
     session = live.Session(model, avatar)
     frames, pushed_when = [], []
     for i in range(0, len(utterance), CHUNK):
@@ -379,3 +379,56 @@ def test_sessions_share_one_model_and_a_failing_one_harms_nothing(model, portrai
         assert (got.index, got.speaking) == (expected.index, expected.speaking)
         np.testing.assert_array_equal(got.image, expected.image)
         np.testing.assert_array_equal(got.audio, expected.audio)
+
+
+# --------------------------------------------------------------------------- a long session
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_thirty_minutes_under_a_simulated_clock(model, tmp_path, speech):
+    """Acceptance 3: a microphone-like stream (20 ms chunks, 0.3 s of speech a minute,
+    silence in between ending each utterance by the silence gap) read as it arrives: no frame
+    missing or repeated, audio and video on one clock, no drift, memory flat after a minute."""
+    small = live.prepare_avatar(str(GRID), str(tmp_path / "small"), resize_factor=4, box=(23, 66, 23, 54),
+                                progress=False)                # 90x72, 75 frames
+    minutes, per_minute, burst = 30, 3000, 4800               # chunks a minute; speech samples a minute
+    spf = 640
+    with live.load_avatar(small) as avatar:
+        session = live.Session(model, avatar, fast=True, silence_gap=0.2)
+        index = total_audio = lag_max = 0
+        pushed_speech, spoken = [], []
+        for c in range(minutes * per_minute):
+            start = (c % per_minute - 100) * CHUNK
+            if 0 <= start < burst:
+                offset = (c // per_minute) * 4000 % (len(speech) - burst)
+                chunk = speech[offset + start:offset + start + CHUNK]
+                pushed_speech.append(as_int16(chunk))
+            else:
+                chunk = np.zeros(CHUNK, np.float32)
+            session.push(chunk)
+            arrived = (c + 1) * CHUNK
+            # Read the frames whose audio has arrived; within an utterance the session may wait
+            # for its window's look-ahead (None), and catches up with idle frames after it.
+            while (index + 1) * spf <= arrived:
+                frame = session.read(timeout=0)
+                if frame is None:
+                    break
+                assert (frame.index, frame.pts) == (index, index / 25.0)
+                assert len(frame.audio) == spf
+                total_audio += len(frame.audio)
+                if frame.speaking:
+                    spoken.append(frame.audio)
+                index += 1
+            lag_max = max(lag_max, arrived // spf - index)
+            if c == per_minute - 1:
+                after_first_minute = rss_mb()
+        at_end = rss_mb()
+    assert index >= minutes * 60 * 25 - 1                     # read up to the end: nothing fell behind
+    assert lag_max <= live.LOOKAHEAD_SECONDS * 25 + 2          # at most the look-ahead behind the speech
+    assert total_audio == index * spf                          # audio time equals video time, sample for sample
+    pushed, out = np.concatenate(pushed_speech), np.concatenate(spoken)
+    np.testing.assert_array_equal(out[out != 0], pushed[pushed != 0])
+    assert len(spoken) >= minutes * burst / spf
+    assert at_end - after_first_minute < 50, (after_first_minute, at_end)
