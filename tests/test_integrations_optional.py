@@ -33,8 +33,8 @@ BLOCKED_RUN = textwrap.dedent("""
 
 
 def core_modules():
-    names = ["inference", "live", "prepare_avatar", "integrations", "preprocess", "color_syncnet_train", "wav2lip_train",
-             "hq_wav2lip_train", "training.expert", "training.generator"]
+    names = ["inference", "live", "prepare_avatar", "integrations", "preprocess", "color_syncnet_train",
+             "wav2lip_train", "hq_wav2lip_train", "training.expert", "training.generator"]
     return names + (["serve"] if (REPO / "serve.py").is_file() else [])
 
 
