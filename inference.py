@@ -404,6 +404,7 @@ def _run(argv):
     options = SyncOptions.from_args(args)
     try:
         options.validate()
+        videoio.check_output(args.outfile)
         model = inference_model(load_model(args.checkpoint_path, device))  # not kept unfused: 145 MB
         detector, cache_dir = None, None
         if options.detect:  # imported only then: face-alignment takes a quarter second
