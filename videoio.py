@@ -205,7 +205,10 @@ class VideoWriter:
         frame = av.VideoFrame.from_ndarray(frame_bgr, format="bgr24")
         frame.pts = self.frames_written
         self.frames_written += 1
-        self.container.mux(self.stream.encode(frame))
+        try:
+            self.container.mux(self.stream.encode(frame))
+        except av.FFmpegError as e:  # a full disk, for one
+            raise VideoError("writing %s failed: %s" % (self.path, e))
 
     def _mux_audio(self):
         resampler = av.AudioResampler(format="fltp", layout=self.audio_layout, rate=self.audio_rate)
@@ -250,8 +253,11 @@ class VideoWriter:
         if self.expected_frames is not None and self.frames_written != self.expected_frames:
             raise VideoError("wrote %d frames of %s, expected %d; nothing was written"
                              % (self.frames_written, self.path, self.expected_frames))
-        with open(self.tmp_path, "rb+") as f:  # on disk before the rename, as checkpoints are
-            os.fsync(f.fileno())
+        fd = os.open(self.tmp_path, os.O_RDONLY)  # on disk before the rename, as checkpoints are
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(self.tmp_path, self.path)
 
     def __enter__(self):
