@@ -140,7 +140,7 @@ class FaceSource:
             yield self._prepared(frame)
 
     def still(self):
-        """The one prepared frame of a static input, decoded once; None when the video has no frame."""
+        """The one prepared frame of a static input, decoded once (not once per output frame)."""
         if self._still is None:
             raw = self.image if self.image is not None else videoio.first_frame(self.path)
             if raw is None:

@@ -107,9 +107,9 @@ def _fps_fraction(fps):
 def check_output(path):
     """Raise VideoError unless a video can be written at `path`: checked before any long work."""
     if os.path.isdir(path):
-        raise VideoError("--outfile %s is a folder; name a file in it, e.g. %s" % (path, os.path.join(path, "result.mp4")))
-    folder = os.path.dirname(os.path.abspath(path))
-    existing = folder
+        raise VideoError("--outfile %s is a folder; name a file in it, e.g. %s"
+                         % (path, os.path.join(path, "result.mp4")))
+    existing = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(existing):  # the folders still to create are made in the nearest existing one
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
@@ -182,6 +182,7 @@ class VideoWriter:
             raise VideoError("cannot write %s: %s; pass an --outfile in a writable folder" % (path, e.strerror or e))
         self.frames_written = 0
         self.finished = False
+        self.container = None
         try:
             self.container = av.open(self.tmp_path, "w", format="mp4")
             self.stream = self.container.add_stream("libx264", rate=_fps_fraction(fps))
@@ -235,9 +236,8 @@ class VideoWriter:
     def _discard(self):
         """Close the container, ignoring its errors (an error is already on its way), and remove the file."""
         try:
-            container = getattr(self, "container", None)
-            if container is not None:
-                container.close()
+            if self.container is not None:
+                self.container.close()
         except Exception:
             pass
         finally:
