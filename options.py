@@ -101,6 +101,7 @@ class SyncOptions:
                                    % " ".join(map(str, self.box)))
         return self
 
+
 def add_arguments(parser):
     """The command-line flags of SyncOptions, with the original's names and defaults."""
     d = SyncOptions()
