@@ -396,13 +396,14 @@ def test_thirty_minutes_under_a_simulated_clock(model, tmp_path, speech):
     """Acceptance 3: a microphone-like stream (20 ms chunks, 0.3 s of speech every 2 minutes,
     silence in between ending each utterance by the silence gap) read as it arrives: no frame
     missing or repeated, audio and video on one clock, no drift, memory flat after a minute.
-    (Generator runs dominate the test's time: the speech is kept short.)"""
+    (Generator runs dominate the test's time: the speech is kept short, in float32, which is
+    fast everywhere; bfloat16 is emulated, 3x slower, on CPUs without native support.)"""
     small = live.prepare_avatar(str(GRID), str(tmp_path / "small"), resize_factor=4, box=(23, 66, 23, 54),
                                 progress=False)                # 90x72, 75 frames
     minutes, period, burst = 30, 6000, 4800                   # chunks between bursts; speech samples a burst
     spf, per_minute = 640, 3000
     with live.load_avatar(small) as avatar:
-        session = live.Session(model, avatar, fast=True, silence_gap=0.2)
+        session = live.Session(model, avatar, silence_gap=0.2)
         index = total_audio = lag_max = 0
         pushed_speech, spoken = [], []
         for c in range(minutes * per_minute):
@@ -441,3 +442,25 @@ def test_thirty_minutes_under_a_simulated_clock(model, tmp_path, speech):
     np.testing.assert_array_equal(out[out != 0], pushed[pushed != 0])
     assert len(spoken) >= minutes // 2 * burst / spf
     assert at_end - after_first_minute < 50, (after_first_minute, at_end)
+
+
+def test_fast_session_stays_within_the_fast_tolerance(model, avatar, speech):
+    """--fast live: the reduced-precision generator's mouths against the faithful session's,
+    within the tolerance inference.py --fast states (tests/test_speed_paths.py)."""
+    from test_speed_paths import FAST_MOUTH_MAX, FAST_MOUTH_MEAN, FAST_MOUTH_P99
+
+    utterance = speech[3200:9600]
+    outputs = {}
+    for fast in (False, True):
+        session = live.Session(model, avatar, fast=fast)
+        session.push(utterance)
+        session.end_utterance()
+        outputs[fast] = [session.read() for _ in range(10)]
+    for faithful, fast in zip(outputs[False], outputs[True]):
+        assert fast.speaking and fast.source_index == faithful.source_index
+        np.testing.assert_array_equal(fast.audio, faithful.audio)
+        y1, y2, x1, x2 = avatar.box(fast.source_index)
+        mouth = slice((y1 + y2) // 2, y2), slice(x1, x2)
+        diff = np.abs(fast.image[mouth].astype(np.int16) - faithful.image[mouth])
+        assert diff.mean() <= FAST_MOUTH_MEAN and np.percentile(diff, 99) <= FAST_MOUTH_P99
+        assert diff.max() <= FAST_MOUTH_MAX
