@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import torch
 
+import audio
 from hparams import hparams
 
 MEL_STEP_SIZE = 16
@@ -94,7 +95,7 @@ def best_device():
 # --------------------------------------------------------------------------- mel windows
 def mel_chunk_starts(num_columns, fps):
     """Start column of the 16-column mel window of every output frame (the last one is T - 16)."""
-    multiplier = 80.0 / fps
+    multiplier = audio.mel_columns_per_second() / fps  # 80 / fps with the default hparams
     starts, i = [], 0
     while True:
         start = int(i * multiplier)
