@@ -112,3 +112,13 @@ def test_missing_model_is_one_line_and_non_zero_as_a_script(tmp_path):
     assert result.stdout == ""
     assert result.stderr.strip() == "error: SyncNet weights not found: %s (get syncnet_v2.model with " \
                                     "syncnet_python's download_model.sh)" % (tmp_path / "syncnet_v2.model")
+
+
+def test_frames_are_found_when_the_temporary_folder_has_brackets(tmp_path, monkeypatch):
+    from evaluation import video
+
+    clip = LSE / "synth.mp4"
+    expected = len(video.read_frames(clip))
+    (tmp_path / "tmp [1]").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp [1]"))
+    assert expected > 0 and len(video.read_frames(clip)) == expected
