@@ -1,11 +1,16 @@
-"""Live sessions over WebRTC: one live.Session per peer connection, its frames paced in real
-time by one reader thread and sent as an aiortc video track and audio track.
+"""Live sessions over WebRTC: one live.Session per peer connection, sent as an aiortc video
+track and audio track.
 
-Video pts are the engine's `.pts` (time base 1/90000); audio is 16 kHz s16 mono with pts from
-the engine's sample clock, so both tracks stay on the engine's clock. A frame is late when the
-engine hands it over more than half a frame after it was due; late frames are counted, logged
-and reported in the event stream. Speech starts and ends are the frames' `.speaking` changes."""
+The engine computes speech frames a batch at a time inside `read()`, so one thread reads it
+ahead into a short buffer (`lookahead` frames, enough to cover a batch) and another sends one
+frame per period on the monotonic clock. Video pts are the engine's `.pts` (time base 1/90000);
+audio is 16 kHz s16 mono with pts from the engine's sample clock, so both tracks stay on the
+engine's clock. A frame is late when the buffer is empty at its due time (the engine was not
+ready); late frames are counted, logged and reported in the event stream. Speech starts and
+ends are the frames' `.speaking` changes; an interrupt turns the buffered speech frames idle."""
 import asyncio
+import collections
+import dataclasses
 import fractions
 import json
 import logging
@@ -28,10 +33,11 @@ TRACK_QUEUE = 10            # frames waiting for the encoder; older ones are dro
 RESYNC_SECONDS = 1.0        # further behind than this, the pacing clock restarts at now
 CONNECT_SECONDS = 30        # a session whose client never connects is closed after this
 STATS_SECONDS = 1.0
+ECHO_SILENCE_GAP = 0.6      # echo mode: this much microphone silence ends an utterance
 
 
 class FrameTrack(MediaStreamTrack):
-    """A track fed with ready av frames from the session's reader (thread-safe `offer`)."""
+    """A track fed with ready av frames by the session's pacer (thread-safe `offer`)."""
 
     def __init__(self, kind, loop):
         super().__init__()
@@ -72,9 +78,10 @@ def audio_frame(samples, pts):
 
 
 class LiveSession:
-    def __init__(self, engine, avatar_name, fps, folder, loop):
+    def __init__(self, avatar_name, avatar, folder, loop, lookahead):
         self.id = uuid.uuid4().hex
-        self.engine, self.avatar_name, self.fps, self.folder, self.loop = engine, avatar_name, fps, folder, loop
+        self.avatar_name, self.avatar, self.fps, self.folder, self.loop = avatar_name, avatar, avatar.fps, folder, loop
+        self.engine = None
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.video, self.audio = FrameTrack("video", loop), FrameTrack("audio", loop)
         self.subscribers = set()
@@ -84,7 +91,10 @@ class LiveSession:
         self.last_frame = -1
         self.closed = threading.Event()
         self.started = time.monotonic()
-        self.reader = None
+        self.buffer = collections.deque()
+        self.lookahead = lookahead
+        self.buffered = threading.Condition()
+        self.threads = []
         self.tasks = set()
 
     # ----------------------------------------------------------------- events
@@ -96,35 +106,61 @@ class LiveSession:
             queue.put_nowait(message)
 
     def stats(self):
-        seconds = max(time.monotonic() - self.started, 1e-9)
         return {"session_id": self.id, "avatar": self.avatar_name, "frames": self.frames, "late": self.late,
                 "dropped": self.video.dropped, "speaking": self.speaking, "utterances": self.utterances,
-                "fps": self.fps, "seconds": round(seconds, 1)}
+                "fps": self.fps, "seconds": round(time.monotonic() - self.started, 1)}
 
     # ----------------------------------------------------------------- speech in
-    def note_speech(self):
+    async def push(self, samples):
         if not self.speaking and self.speech_arrived is None:
             self.speech_arrived = time.monotonic()
-
-    async def push(self, samples):
-        self.note_speech()
         await asyncio.to_thread(self.engine.push, samples, SAMPLE_RATE)
 
     async def end_utterance(self):
         await asyncio.to_thread(self.engine.end_utterance)
 
     async def interrupt(self):
+        """Stop the speech at once: the engine drops its queue, the buffered frames go out idle."""
         await asyncio.to_thread(self.engine.interrupt)
+        with self.buffered:
+            self.buffer = collections.deque(self._idle(f) if f.speaking else f for f in self.buffer)
         self.speech_arrived = None
         return self.last_frame
 
+    def _idle(self, frame):
+        return dataclasses.replace(frame, image=self.avatar.frame(frame.source_index),
+                                   audio=np.zeros_like(frame.audio), speaking=False)
+
     # ----------------------------------------------------------------- frames out
     def start(self):
-        self.reader = threading.Thread(target=self._read_frames, name="session-" + self.id[:8], daemon=True)
-        self.reader.start()
+        for work in (self._read_ahead, self._pace):
+            thread = threading.Thread(target=work, name="session-%s-%s" % (self.id[:8], work.__name__), daemon=True)
+            thread.start()
+            self.threads.append(thread)
 
-    def _read_frames(self):
-        """Pace engine.read() on the monotonic clock at the avatar's fps and feed both tracks."""
+    def _read_ahead(self):
+        while not self.closed.is_set():
+            with self.buffered:
+                self.buffered.wait_for(lambda: len(self.buffer) < self.lookahead or self.closed.is_set())
+            frame = self.engine.read(timeout=0.5)
+            if frame is not None:
+                with self.buffered:
+                    self.buffer.append(frame)
+                    self.buffered.notify_all()
+
+    def _next_frame(self):
+        """(frame, late): late when the engine had not delivered it by its due time."""
+        with self.buffered:
+            late = not self.buffer
+            self.buffered.wait_for(lambda: self.buffer or self.closed.is_set(), timeout=1.0)
+            if not self.buffer:
+                return None, late
+            frame = self.buffer.popleft()
+            self.buffered.notify_all()
+            return frame, late
+
+    def _pace(self):
+        """Send one frame per period of the avatar's fps on the monotonic clock."""
         period = 1.0 / self.fps
         origin, index, samples_sent, last_stats = time.monotonic(), 0, 0, 0.0
         while not self.closed.is_set():
@@ -132,14 +168,13 @@ class LiveSession:
             wait = due - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-            frame = self.engine.read(timeout=1.0)
-            if frame is None or self.closed.is_set():
+            frame, late = self._next_frame()
+            if frame is None:
                 continue
-            now = time.monotonic()
-            late = now > due + period / 2
             self.video.offer(video_frame(frame))
             self.audio.offer(audio_frame(frame.audio, samples_sent))
             samples_sent += len(frame.audio)
+            now = time.monotonic()
             self.loop.call_soon_threadsafe(self._sent, frame.index, frame.speaking, late, now)
             index += 1
             if now - due > RESYNC_SECONDS:
@@ -165,20 +200,21 @@ class LiveSession:
         if self.closed.is_set():
             return
         self.closed.set()
+        with self.buffered:
+            self.buffered.notify_all()
         for task in list(self.tasks):
             task.cancel()
         self.video.offer(None)
         self.audio.offer(None)
-        if self.reader is not None:
-            await asyncio.to_thread(self.reader.join, 5)
+        for thread in self.threads:
+            await asyncio.to_thread(thread.join, 5)
         await self.pc.close()
         for queue in list(self.subscribers):
             queue.put_nowait(None)
         remove_folder(self.folder)
-        stats = self.stats()
         log.info("session %s end (%s): avatar %s, %.1f s, %d frames, %d late, %d dropped, %d utterances",
-                 self.id, reason, self.avatar_name, stats["seconds"], self.frames, self.late, self.video.dropped,
-                 self.utterances)
+                 self.id, reason, self.avatar_name, time.monotonic() - self.started, self.frames, self.late,
+                 self.video.dropped, self.utterances)
 
 
 class EchoResampler:
@@ -194,10 +230,12 @@ class EchoResampler:
 
 
 class LiveSessions:
-    """The server's live sessions, at most `max_sessions` at once."""
+    """The server's live sessions, at most `max_sessions` at once; the engine runs batches of
+    `batch_size` frames, read `lookahead` frames ahead of their time."""
 
-    def __init__(self, model, temp_root, max_sessions, fast=False):
+    def __init__(self, model, temp_root, max_sessions, fast=False, batch_size=4, lookahead=8):
         self.model, self.temp_root, self.max_sessions, self.fast = model, temp_root, max_sessions, fast
+        self.batch_size, self.lookahead = batch_size, lookahead
         self.sessions = {}
 
     def get(self, session_id):
@@ -215,28 +253,27 @@ class LiveSessions:
                                "real time); try again later" % self.max_sessions)
         if sdp_type != "offer" or not isinstance(sdp, str) or "m=" not in sdp:
             raise RequestError(400, "send a WebRTC offer: {\"avatar\", \"sdp\", \"type\": \"offer\"}")
-        import live
-
-        loop = asyncio.get_running_loop()
-        engine = await asyncio.to_thread(live.Session, self.model, avatar, fast=self.fast)
-        session = LiveSession(engine, avatar_name, avatar.fps, self.temp_root.folder("session"), loop)
+        session = LiveSession(avatar_name, avatar, self.temp_root.folder("session"), asyncio.get_running_loop(),
+                              self.lookahead)
         self.sessions[session.id] = session
         try:
-            answer = await self._answer(session, sdp, sdp_type)
-        except Exception:
+            answer = await self._negotiate(session, sdp, sdp_type)
+        except BaseException:
             await self.close(session.id, "bad offer")
             raise
-        log.info("session %s start: avatar %s, %dx%d at %g fps", session.id, avatar_name, *avatar.size, avatar.fps)
+        log.info("session %s start: avatar %s, %dx%d at %g fps%s", session.id, avatar_name, *avatar.size, avatar.fps,
+                 ", echo" if session.echo else "")
         return session, answer
 
-    async def _answer(self, session, sdp, sdp_type):
-        pc = session.pc
-        pc.addTrack(session.video)
-        pc.addTrack(session.audio)
+    async def _negotiate(self, session, sdp, sdp_type):
+        import live
+
+        pc, session.echo = session.pc, False
 
         @pc.on("track")
         def on_track(track):
             if track.kind == "audio":  # echo mode: the microphone drives the avatar
+                session.echo = True
                 self._spawn(session, self._echo(session, track))
 
         @pc.on("connectionstatechange")
@@ -246,10 +283,19 @@ class LiveSessions:
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
-            await pc.setLocalDescription(await pc.createAnswer())
         except Exception as e:
             raise RequestError(400, "bad SDP offer (%s); send the offer your WebRTC stack created"
                                % (str(e).splitlines()[0] if str(e) else type(e).__name__))
+        session.engine = await asyncio.to_thread(live.Session, self.model, session.avatar, fast=self.fast,
+                                                 silence_gap=ECHO_SILENCE_GAP if session.echo else None,
+                                                 batch_size=self.batch_size)
+        try:
+            pc.addTrack(session.video)
+            pc.addTrack(session.audio)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as e:
+            raise RequestError(400, "cannot answer this SDP offer (%s); offer to receive one video and one audio "
+                               "track" % (str(e).splitlines()[0] if str(e) else type(e).__name__))
         self._spawn(session, self._start_when_connected(session))
         return pc.localDescription
 
@@ -264,12 +310,9 @@ class LiveSessions:
             await asyncio.wait_for(asyncio.gather(session.video.pulled.wait(), session.audio.pulled.wait()),
                                    CONNECT_SECONDS)
         except asyncio.TimeoutError:
-            self._spawn_close(session, "never connected")
+            asyncio.ensure_future(self.close(session.id, "never connected"))
             return
         session.start()
-
-    def _spawn_close(self, session, reason):
-        asyncio.ensure_future(self.close(session.id, reason))
 
     async def _echo(self, session, track):
         resample = EchoResampler()
@@ -279,7 +322,7 @@ class LiveSessions:
             except MediaStreamError:
                 return
             samples = resample(frame)
-            if len(samples):
+            if len(samples) and session.engine is not None:
                 await session.push(samples)
 
     async def close(self, session_id, reason):
