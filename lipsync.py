@@ -92,12 +92,16 @@ def best_device():
 
 
 # --------------------------------------------------------------------------- mel windows
+def mel_chunk_start(i, fps):
+    """Start column of frame i's mel window, where the mel continues past the window."""
+    return int(i * (80.0 / fps))
+
+
 def mel_chunk_starts(num_columns, fps):
     """Start column of the 16-column mel window of every output frame (the last one is T - 16)."""
-    multiplier = 80.0 / fps
     starts, i = [], 0
     while True:
-        start = int(i * multiplier)
+        start = mel_chunk_start(i, fps)
         if start + MEL_STEP_SIZE > num_columns:
             starts.append(num_columns - MEL_STEP_SIZE)
             return starts
