@@ -119,11 +119,11 @@ def parse_options(fields, allowed=FORM_OPTIONS):
 # --------------------------------------------------------------------------- the server
 class Server:
     def __init__(self, model, detector, avatars, temp_root, max_upload_mb=500, max_sessions=DEFAULT_MAX_SESSIONS,
-                 fast=False, keep_seconds=3600):
+                 fast=False, keep_seconds=3600, live_batch_size=4, lookahead=8):
         self.model, self.detector, self.avatars, self.temp_root = model, detector, avatars, temp_root
         self.max_upload = int(max_upload_mb * (1 << 20))
         self.jobs = JobQueue(keep_seconds=keep_seconds)
-        self.sessions = LiveSessions(model, temp_root, max_sessions, fast)
+        self.sessions = LiveSessions(model, temp_root, max_sessions, fast, live_batch_size, lookahead)
         os.makedirs(avatars, exist_ok=True)
 
     def avatar_path(self, name):
@@ -150,10 +150,11 @@ class Server:
             if NAME.fullmatch(name) and os.path.isdir(os.path.join(self.avatars, name)):
                 try:
                     avatar = await asyncio.to_thread(live.load_avatar, os.path.join(self.avatars, name))
-                except Exception:  # half-written or foreign folder: not an avatar
+                except live.AvatarError:  # a foreign folder: not an avatar
                     continue
-                out.append({"name": name, "fps": avatar.fps, "width": avatar.size[0], "height": avatar.size[1],
-                            "frames": len(avatar)})
+                with avatar:
+                    out.append({"name": name, "fps": avatar.fps, "width": avatar.size[0], "height": avatar.size[1],
+                                "frames": len(avatar)})
         return web.json_response({"avatars": out})
 
     async def create_avatar(self, request):
@@ -169,20 +170,21 @@ class Server:
             remove_folder(folder)
             raise
         job = Job("avatar", folder, lambda job: self._prepare_avatar(job, face, name, options),
-                  ("detect", "frames"), name=name)
+                  ("detect",) if options.detect else (), name=name)
         self.jobs.submit(job)
         return web.json_response({"name": name, "job_id": job.id}, status=202)
 
     def _prepare_avatar(self, job, face, name, options):
+        """live.prepare_avatar writes the avatar under a temporary name and renames it into place."""
         import live
 
-        partial = os.path.join(job.folder, "avatar")
-        path = live.prepare_avatar(face, partial, progress=job.report, **avatar_options(options))
         target = os.path.join(self.avatars, name)
         if os.path.exists(target):
-            raise RequestError(409, "avatar %r was created meanwhile" % name)
-        shutil.move(path, target)
-        return {"frames": len(live.load_avatar(target))}
+            raise RequestError(409, "avatar %r was created meanwhile; choose another name" % name)
+        live.prepare_avatar(face, target, detector=self.detector, no_cache=True, progress=job.report,
+                            **options.to_dict())
+        with live.load_avatar(target) as avatar:
+            return {"frames": len(avatar)}
 
     async def delete_avatar(self, request):
         name = request.match_info["name"]
@@ -241,9 +243,13 @@ class Server:
         path = self.avatar_path(name)
         try:
             avatar = await asyncio.to_thread(live.load_avatar, path)
-        except Exception as e:
-            raise RequestError(409, "avatar %r cannot be loaded (%s); prepare it again" % (name, e))
-        session, answer = await self.sessions.open(name, avatar, body.get("sdp"), body.get("type"))
+        except live.AvatarError as e:
+            raise RequestError(409, str(e))
+        try:
+            session, answer = await self.sessions.open(name, avatar, body.get("sdp"), body.get("type"))
+        except BaseException:
+            avatar.close()
+            raise
         return web.json_response({"session_id": session.id, "sdp": answer.sdp, "type": answer.type})
 
     async def session_speech(self, request):
@@ -336,11 +342,6 @@ class Server:
         return app
 
 
-def avatar_options(options):
-    """live.prepare_avatar's keyword options (inference.py's names) from SyncOptions."""
-    return options.to_dict()
-
-
 def speech_samples(path):
     """16 kHz int16 samples of an uploaded speech file, at most MAX_SPEECH_SECONDS long."""
     import audio
@@ -364,6 +365,11 @@ def build_parser():
     p.add_argument("--max_sessions", type=int, default=DEFAULT_MAX_SESSIONS,
                    help="live sessions at once (default: what 2 CPU cores run in real time)")
     p.add_argument("--fast", action="store_true", help="live sessions in reduced precision (see inference.py --fast)")
+    p.add_argument("--live_batch_size", type=int, default=4,
+                   help="frames the live generator computes at once (smaller: lower latency, more CPU per frame)")
+    p.add_argument("--lookahead", type=int, default=8,
+                   help="live frames computed ahead of their time (at least a batch; more: fewer late frames, "
+                        "more latency)")
     p.add_argument("--keep_results_minutes", type=float, default=60, help="how long finished job results are kept")
     p.add_argument("--tmp_dir", default=None, help="parent of the server's temporary folder (default: the system's)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
@@ -379,8 +385,9 @@ def main(argv=None):
         print("error: --host %s is reachable from other machines; pass --token or set %s" % (args.host, TOKEN_ENV),
               file=sys.stderr)
         return 1
-    if args.max_upload_mb <= 0 or args.max_sessions < 0:
-        print("error: --max_upload_mb must be above 0 and --max_sessions at least 0", file=sys.stderr)
+    if args.max_upload_mb <= 0 or args.max_sessions < 0 or args.live_batch_size < 1 or args.lookahead < 1:
+        print("error: --max_upload_mb must be above 0, --max_sessions at least 0, --live_batch_size and "
+              "--lookahead at least 1", file=sys.stderr)
         return 1
     from face_detection import load_detector
     from models.checkpoint import CheckpointError
@@ -393,7 +400,7 @@ def main(argv=None):
         print("error: %s" % e, file=sys.stderr)
         return 1
     server = Server(model, detector, args.avatars, TempRoot(args.tmp_dir), args.max_upload_mb, args.max_sessions,
-                    args.fast, keep_seconds=args.keep_results_minutes * 60)
+                    args.fast, args.keep_results_minutes * 60, args.live_batch_size, args.lookahead)
     log.info("serving on http://%s:%d/ (%s; uploads up to %g MB, %d live sessions at most)",
              args.host, args.port, "token required on every request" if token else "no token: local use only",
              args.max_upload_mb, args.max_sessions)

@@ -29,11 +29,13 @@ log = logging.getLogger("serve")
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 SAMPLE_RATE = 16000
 AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
-TRACK_QUEUE = 10            # frames waiting for the encoder; older ones are dropped beyond it
+TRACK_QUEUE = 25            # frames waiting for the encoder; older ones are dropped beyond it
 RESYNC_SECONDS = 1.0        # further behind than this, the pacing clock restarts at now
 CONNECT_SECONDS = 30        # a session whose client never connects is closed after this
 STATS_SECONDS = 1.0
 ECHO_SILENCE_GAP = 0.6      # echo mode: this much microphone silence ends an utterance
+# aiortc's Opus sender stamps all packets of one frame with one RTP timestamp: send 20 ms frames.
+AUDIO_CHUNK = SAMPLE_RATE // 50
 
 
 class FrameTrack(MediaStreamTrack):
@@ -162,7 +164,8 @@ class LiveSession:
     def _pace(self):
         """Send one frame per period of the avatar's fps on the monotonic clock."""
         period = 1.0 / self.fps
-        origin, index, samples_sent, last_stats = time.monotonic(), 0, 0, 0.0
+        origin, index, last_stats = time.monotonic(), 0, 0.0
+        pending, samples_sent = np.zeros(0, np.int16), 0
         while not self.closed.is_set():
             due = origin + index * period
             wait = due - time.monotonic()
@@ -172,8 +175,10 @@ class LiveSession:
             if frame is None:
                 continue
             self.video.offer(video_frame(frame))
-            self.audio.offer(audio_frame(frame.audio, samples_sent))
-            samples_sent += len(frame.audio)
+            pending = np.concatenate([pending, frame.audio])
+            while len(pending) >= AUDIO_CHUNK:
+                self.audio.offer(audio_frame(pending[:AUDIO_CHUNK], samples_sent))
+                pending, samples_sent = pending[AUDIO_CHUNK:], samples_sent + AUDIO_CHUNK
             now = time.monotonic()
             self.loop.call_soon_threadsafe(self._sent, frame.index, frame.speaking, late, now)
             index += 1
@@ -208,6 +213,7 @@ class LiveSession:
         self.audio.offer(None)
         for thread in self.threads:
             await asyncio.to_thread(thread.join, 5)
+        self.avatar.close()
         await self.pc.close()
         for queue in list(self.subscribers):
             queue.put_nowait(None)
