@@ -380,6 +380,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    for noisy in ("aioice", "aiortc"):  # their INFO lines are per ICE check
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if args.host not in LOCAL_HOSTS and not token:
         print("error: --host %s is reachable from other machines; pass --token or set %s" % (args.host, TOKEN_ENV),

@@ -41,6 +41,29 @@ def page_and_server(tmp_path_factory, check):
                 browser.close()
 
 
+def test_live_tab_prepares_connects_and_speaks(page_and_server):
+    page, server, _ = page_and_server
+    page.fill("#avatar-name", "grid")
+    page.set_input_files("#avatar-face", str(FACE_VIDEO))
+    page.click("#avatar-create")
+    page.wait_for_selector("#avatar-list li:has-text('grid: 360x288, 25 fps, 75 frames')")
+    page.select_option("#avatar", "grid")
+    page.click("#connect")
+    page.wait_for_function("document.getElementById('video').currentTime > 1.0")
+    started = page.evaluate("document.getElementById('video').currentTime")
+    page.set_input_files("#speech-file", str(SPEECH))
+    page.click("#speak")
+    page.wait_for_function("document.getElementById('fig-speaking').textContent === 'yes'")
+    queued = float(page.text_content("#speech-state").split()[1])
+    assert abs(queued - len(inference.load_speech(str(SPEECH))) / 16000) < 0.01
+    assert page.text_content("#fig-latency").endswith(" ms")
+    page.wait_for_function("document.getElementById('fig-speaking').textContent === 'no'")
+    assert page.evaluate("document.getElementById('video').currentTime") > started + 2.0
+    page.click("#disconnect")
+    page.wait_for_function("document.getElementById('live-state').textContent === 'disconnected'")
+    assert "session" in server.log() and "end (closed by client)" in server.log()
+
+
 def test_dub_tab_downloads_the_mp4(page_and_server):
     page, server, folder = page_and_server
     page.click("#tab-dub")
