@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import sys
-import time
+import threading
 
 import numpy as np
 from aiohttp import WSMsgType, web
@@ -25,7 +25,7 @@ import inference
 from hparams import parse_bool
 from options import OptionsError, SyncOptions
 from server.jobs import Job, JobQueue
-from server.rtc import LiveSessions
+from server.rtc import LiveSessions, limit_arenas
 from server.uploads import NAME, RequestError, TempRoot, check_name, keep_audio, keep_face, read_form, remove_folder
 
 log = logging.getLogger("serve")
@@ -36,6 +36,9 @@ TOKEN_ENV = "WAV2LIP_TOKEN"
 DEFAULT_MAX_SESSIONS = 2
 JSON_BYTES = 256 * 1024
 MAX_SPEECH_SECONDS = 600
+# live.load_avatar parses its .npy header with ast.literal_eval, and CPython 3.11's parser fails
+# ("AST constructor recursion depth mismatch") when two threads parse at once: one load at a time.
+AVATAR_LOAD = threading.Lock()
 # The options a job or avatar takes from a form, by their inference.py names.
 FORM_OPTIONS = ("static", "fps", "pads", "resize_factor", "crop", "box", "rotate", "nosmooth", "on_no_face", "fast")
 
@@ -149,7 +152,7 @@ class Server:
         for name in sorted(os.listdir(self.avatars)):
             if NAME.fullmatch(name) and os.path.isdir(os.path.join(self.avatars, name)):
                 try:
-                    avatar = await asyncio.to_thread(live.load_avatar, os.path.join(self.avatars, name))
+                    avatar = await asyncio.to_thread(load_avatar, os.path.join(self.avatars, name))
                 except live.AvatarError:  # a foreign folder: not an avatar
                     continue
                 with avatar:
@@ -183,7 +186,7 @@ class Server:
             raise RequestError(409, "avatar %r was created meanwhile; choose another name" % name)
         live.prepare_avatar(face, target, detector=self.detector, no_cache=True, progress=job.report,
                             **options.to_dict())
-        with live.load_avatar(target) as avatar:
+        with load_avatar(target) as avatar:
             return {"frames": len(avatar)}
 
     async def delete_avatar(self, request):
@@ -242,7 +245,7 @@ class Server:
         name = body.get("avatar")
         path = self.avatar_path(name)
         try:
-            avatar = await asyncio.to_thread(live.load_avatar, path)
+            avatar = await asyncio.to_thread(load_avatar, path)
         except live.AvatarError as e:
             raise RequestError(409, str(e))
         try:
@@ -342,6 +345,13 @@ class Server:
         return app
 
 
+def load_avatar(path):
+    import live
+
+    with AVATAR_LOAD:
+        return live.load_avatar(path)
+
+
 def speech_samples(path):
     """16 kHz int16 samples of an uploaded speech file, at most MAX_SPEECH_SECONDS long."""
     import audio
@@ -394,6 +404,7 @@ def main(argv=None):
     from face_detection import load_detector
     from models.checkpoint import CheckpointError
 
+    limit_arenas()
     device = args.device or inference.best_device()
     try:
         model = inference.inference_model(inference.load_model(args.checkpoint_path, device))

@@ -10,6 +10,8 @@ ready); late frames are counted, logged and reported in the event stream. Speech
 ends are the frames' `.speaking` changes; an interrupt turns the buffered speech frames idle."""
 import asyncio
 import collections
+import ctypes
+import ctypes.util
 import dataclasses
 import fractions
 import json
@@ -215,12 +217,40 @@ class LiveSession:
             await asyncio.to_thread(thread.join, 5)
         self.avatar.close()
         await self.pc.close()
+        self.pc.remove_all_listeners()
         for queue in list(self.subscribers):
             queue.put_nowait(None)
         remove_folder(self.folder)
+        # aiortc keeps closed tracks and transports referenced for a while: drop the heavy parts now.
+        self.engine, self.threads = None, []
+        self.buffer.clear()
+        for track in (self.video, self.audio):
+            while not track.frames.empty():
+                track.frames.get_nowait()
         log.info("session %s end (%s): avatar %s, %.1f s, %d frames, %d late, %d dropped, %d utterances",
                  self.id, reason, self.avatar_name, time.monotonic() - self.started, self.frames, self.late,
                  self.video.dropped, self.utterances)
+
+
+def _glibc():
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def limit_arenas(count=2):
+    """Fewer glibc malloc arenas: each session's threads would otherwise spread freed memory
+    over up to 8 per core, which the system never gets back."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(-8, count)  # M_ARENA_MAX
+
+
+def release_memory():
+    """Hand freed heap memory back to the system after a session."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 class EchoResampler:
@@ -335,6 +365,7 @@ class LiveSessions:
         session = self.sessions.pop(session_id, None)
         if session is not None:
             await session.close(reason)
+            release_memory()
 
     async def close_all(self, reason):
         await asyncio.gather(*(self.close(sid, reason) for sid in list(self.sessions)))
