@@ -113,7 +113,7 @@ class JobQueue:
                 continue
             if not job.cancel.is_set():
                 self._run(job)
-            if job.state != "done" or job.id not in self.jobs:
+            if job.state != "done" or job.result is None or job.id not in self.jobs:  # no result to keep
                 remove_folder(job.folder)
 
     def _run(self, job):
