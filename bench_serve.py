@@ -136,7 +136,7 @@ async def run_clients(url, sessions, seconds, speech, fps):
                 await asyncio.sleep(0.005)
             if start["frame"] in received:
                 latencies.append(received[start["frame"]] - sent)
-            await client.wait_event("speech_end", sent, seconds=60)
+            await client.wait_event("speech_end", sent, seconds=max(60.0, 20 * len(speech) / 16000))
             await asyncio.sleep(1.0)
         await ws.close()
         stats = await client.close()
