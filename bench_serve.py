@@ -118,7 +118,6 @@ def scaled_copy(face, size, folder):
 async def run_clients(url, sessions, seconds, speech, fps):
     """`sessions` clients, each streaming utterances of `speech` over the WebSocket for `seconds`."""
     import aiohttp
-    import numpy as np
 
     from server.client import LiveClient
 

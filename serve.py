@@ -110,7 +110,7 @@ def parse_options(fields, allowed=FORM_OPTIONS):
                     raise ValueError
             else:
                 values[name] = type(default)(text)
-        except (ValueError, TypeError, OverflowError, Exception):
+        except (ValueError, TypeError, OverflowError):
             raise RequestError(400, "--%s %r is not a %s" % (name, text, "list of four integers top bottom left "
                                                              "right" if isinstance(default, tuple) else
                                                              type(default).__name__))
@@ -355,8 +355,14 @@ def load_avatar(path):
 
 def speech_samples(path):
     """16 kHz int16 samples of an uploaded speech file, at most MAX_SPEECH_SECONDS long."""
+    import av
+
     import audio
 
+    with av.open(path) as container:  # a stated length over the limit is refused before decoding
+        if container.duration is not None and container.duration / av.time_base > MAX_SPEECH_SECONDS:
+            raise RequestError(413, "speech of %.0f s is over %d s; send it in parts"
+                               % (container.duration / av.time_base, MAX_SPEECH_SECONDS))
     wav = audio.load_wav(path, 16000)
     if len(wav) > MAX_SPEECH_SECONDS * 16000:
         raise RequestError(413, "speech of %.0f s is over %d s; send it in parts" % (len(wav) / 16000,

@@ -12,7 +12,7 @@ import time
 import aiohttp
 import torch
 
-from conftest import MEDIA, REPO
+from conftest import REPO
 
 BOX = (60, 220, 110, 250)                  # y1 y2 x1 x2 around the GRID speaker's face (bbaf2n.mpg)
 

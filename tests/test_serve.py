@@ -14,7 +14,7 @@ import pytest
 import inference
 from conftest import MEDIA, REPO
 from options import SyncOptions
-from serve_util import BOX, call, form, running_server, wait_job, write_checkpoint
+from serve_util import call, form, running_server, wait_job, write_checkpoint
 
 FACE_VIDEO = MEDIA / "bbaf2n.mpg"
 FACE_IMAGE = MEDIA / "obama-240p.jpg"
