@@ -30,11 +30,15 @@ sys.path.insert(0, %r)
 from server.client import LiveClient
 async def main():
     async with aiohttp.ClientSession() as http:
-        try:
-            await LiveClient.connect(http, %r, "grid", token=%r, events=False)
-        except ConnectionError:      # busy
-            pass
-        print("connected", flush=True)
+        for _ in range(300):
+            try:
+                client = await LiveClient.connect(http, %r, "grid", token=%r, events=False)
+                break
+            except ConnectionError:  # busy
+                await asyncio.sleep(0.1)
+        while client.video_frames < 5:   # mid-stream
+            await asyncio.sleep(0.05)
+        print("streaming", flush=True)
         await asyncio.sleep(60)      # killed before this ends, without closing anything
 asyncio.run(main())
 """
@@ -71,7 +75,6 @@ async def vanish(server, stop_at, counts):
         child = subprocess.Popen([sys.executable, "-c", VANISHING % (str(REPO), server.url, TOKEN)],
                                  stdout=subprocess.PIPE, cwd=REPO)
         await asyncio.to_thread(child.stdout.readline)
-        await asyncio.sleep(1.0)
         child.send_signal(signal.SIGKILL)
         await asyncio.to_thread(child.wait)
         child.stdout.close()
