@@ -32,8 +32,6 @@ def downscale(frame, short_side=FAST_SHORT_SIDE):
 
 def moved(a, b, tolerance=MOVE_TOLERANCE):
     """Whether the face boxes a and b (x1, y1, x2, y2) differ by more than `tolerance` of a's size."""
-    if a is None or b is None:
-        return a is not b
     size = max(a[2] - a[0], a[3] - a[1], 1)
     return max(abs(p - q) for p, q in zip(a, b)) > tolerance * size
 
@@ -67,10 +65,9 @@ class FastDetector:
             boxes[i] = box
         redetect = []
         for a, b in zip(keys, keys[1:]):
-            if moved(boxes[a], boxes[b]):
+            # Without a face at either end, one may still appear or leave in between: look.
+            if boxes[a] is None or boxes[b] is None or moved(boxes[a], boxes[b]):
                 redetect.extend(range(a + 1, b))
-                continue
-            if boxes[a] is None:
                 continue
             for i in range(a + 1, b):
                 t = (i - a) / (b - a)
