@@ -89,7 +89,10 @@ class Reader(threading.Thread):
         fps = self.session.fps
         self.t0 = time.perf_counter()
         for i in range(self.count):
-            time.sleep(max(0.0, self.t0 + i / fps - time.perf_counter()))
+            now = time.perf_counter()
+            if now > self.t0 + self.count / fps + 10:          # fell behind real time: the rest counts as missing
+                break
+            time.sleep(max(0.0, self.t0 + i / fps - now))
             frame = self.session.read(timeout=10)
             if frame is None:
                 break

@@ -13,7 +13,6 @@ frame (20 upscaled GRID frames, 2 busy cores, median of 3): raw read 2.4 ms and 
 PNG level 3 22.7 ms / 0.52 MB, level 1 39.5 ms / 0.57 MB; lossless WebP 14.3 ms / 0.30 MB;
 JPEG q95 5.5 ms / 0.11 MB but lossy. Only the raw read leaves time for the generator in 40 ms.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -211,7 +210,7 @@ def _move_into_place(tmp, out_dir):
     if not os.path.exists(out_dir):
         os.rename(tmp, out_dir)
         return
-    old = out_dir + ".old-" + hashlib.sha256(tmp.encode()).hexdigest()[:8]
+    old = tmp + "-old"
     os.rename(out_dir, old)
     os.rename(tmp, out_dir)
     shutil.rmtree(old)

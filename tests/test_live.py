@@ -290,6 +290,11 @@ def test_prepare_avatar_command_line(tmp_path):
         assert a.options.pads == (0, 20, 0, 0) and a.box(0) == PORTRAIT_BOX
     assert prepare_avatar.main(["--face", str(tmp_path / "none.jpg"), "--out", str(out), "--quiet"]) == 1
     live.load_avatar(out).close()                            # the failed run left the old avatar alone
+    assert prepare_avatar.main(["--face", str(PORTRAIT), "--out", str(out), "--box", "0", "100", "0", "100",
+                                "--quiet"]) == 0
+    with live.load_avatar(out) as a:                         # a new run replaces it
+        assert a.box(0) == (0, 100, 0, 100)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["obama"]
 
 
 def speaking_audio(session, limit=1000):
@@ -388,23 +393,28 @@ def rss_mb():
 
 
 def test_thirty_minutes_under_a_simulated_clock(model, tmp_path, speech):
-    """Acceptance 3: a microphone-like stream (20 ms chunks, 0.3 s of speech a minute,
+    """Acceptance 3: a microphone-like stream (20 ms chunks, 0.3 s of speech every 2 minutes,
     silence in between ending each utterance by the silence gap) read as it arrives: no frame
-    missing or repeated, audio and video on one clock, no drift, memory flat after a minute."""
+    missing or repeated, audio and video on one clock, no drift, memory flat after a minute.
+    (Generator runs dominate the test's time: the speech is kept short, in float32, which is
+    fast everywhere; bfloat16 is emulated, 3x slower, on CPUs without native support.)"""
     small = live.prepare_avatar(str(GRID), str(tmp_path / "small"), resize_factor=4, box=(23, 66, 23, 54),
                                 progress=False)                # 90x72, 75 frames
-    minutes, per_minute, burst = 30, 3000, 4800               # chunks a minute; speech samples a minute
-    spf = 640
+    minutes, period, burst = 30, 6000, 4800                   # chunks between bursts; speech samples a burst
+    spf, per_minute = 640, 3000
     with live.load_avatar(small) as avatar:
-        session = live.Session(model, avatar, fast=True, silence_gap=0.2)
+        session = live.Session(model, avatar, silence_gap=0.2)
         index = total_audio = lag_max = 0
         pushed_speech, spoken = [], []
         for c in range(minutes * per_minute):
-            start = (c % per_minute - 100) * CHUNK
+            start = (c % period - 100) * CHUNK
             if 0 <= start < burst:
-                offset = (c // per_minute) * 4000 % (len(speech) - burst)
+                offset = 8000 + (c // period) * 4000 % (len(speech) - burst - 8000)
                 chunk = speech[offset + start:offset + start + CHUNK]
+                if start == 0:  # silence before the first loud sample is skipped, as between utterances
+                    chunk = chunk[np.argmax(np.abs(chunk) > live.session.SILENCE_LEVEL):]
                 pushed_speech.append(as_int16(chunk))
+                chunk = speech[offset + start:offset + start + CHUNK]
             else:
                 chunk = np.zeros(CHUNK, np.float32)
             session.push(chunk)
@@ -430,5 +440,27 @@ def test_thirty_minutes_under_a_simulated_clock(model, tmp_path, speech):
     assert total_audio == index * spf                          # audio time equals video time, sample for sample
     pushed, out = np.concatenate(pushed_speech), np.concatenate(spoken)
     np.testing.assert_array_equal(out[out != 0], pushed[pushed != 0])
-    assert len(spoken) >= minutes * burst / spf
+    assert len(spoken) >= minutes // 2 * burst / spf
     assert at_end - after_first_minute < 50, (after_first_minute, at_end)
+
+
+def test_fast_session_stays_within_the_fast_tolerance(model, avatar, speech):
+    """--fast live: the reduced-precision generator's mouths against the faithful session's,
+    within the tolerance inference.py --fast states (tests/test_speed_paths.py)."""
+    from test_speed_paths import FAST_MOUTH_MAX, FAST_MOUTH_MEAN, FAST_MOUTH_P99
+
+    utterance = speech[3200:9600]
+    outputs = {}
+    for fast in (False, True):
+        session = live.Session(model, avatar, fast=fast)
+        session.push(utterance)
+        session.end_utterance()
+        outputs[fast] = [session.read() for _ in range(10)]
+    for faithful, fast in zip(outputs[False], outputs[True]):
+        assert fast.speaking and fast.source_index == faithful.source_index
+        np.testing.assert_array_equal(fast.audio, faithful.audio)
+        y1, y2, x1, x2 = avatar.box(fast.source_index)
+        mouth = slice((y1 + y2) // 2, y2), slice(x1, x2)
+        diff = np.abs(fast.image[mouth].astype(np.int16) - faithful.image[mouth])
+        assert diff.mean() <= FAST_MOUTH_MEAN and np.percentile(diff, 99) <= FAST_MOUTH_P99
+        assert diff.max() <= FAST_MOUTH_MAX
