@@ -156,10 +156,10 @@ def test_pcm_websocket_interrupt_and_events(server):
             second_start = await client.wait_event("speech_start", sent)
             while max(faces.rows) < second_start["frame"] + 5:   # a few speaking frames received
                 await asyncio.sleep(0.02)
+            streaming.cancel()                  # speech sent after the interrupt would be a new utterance
             status, interrupted = await client.post("interrupt")
             assert status == 200
             second_end = await client.wait_event("speech_end", sent)
-            streaming.cancel()
             await ws.close()
             await asyncio.sleep(0.5)
             await client.close()
