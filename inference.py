@@ -45,6 +45,28 @@ class InferenceError(ValueError):
     """Bad input for a lip-sync run; the message is one line naming the fix."""
 
 
+class _StageReport:
+    """tqdm's update/close for a `progress(stage, done, total)` callable (the server's jobs)."""
+
+    def __init__(self, report, stage, total):
+        self.report, self.stage, self.total, self.done = report, stage, total, 0
+        report(stage, 0, total)
+
+    def update(self, n):
+        self.done += n
+        self.report(self.stage, self.done, self.total)
+
+    def close(self):
+        pass
+
+
+def progress_bar(progress, stage, total, desc):
+    """A tqdm bar when `progress` is true, none when false, or reports to a callable."""
+    if callable(progress):
+        return _StageReport(progress, stage, total)
+    return tqdm(total=total, desc=desc, unit="frame", disable=not progress)
+
+
 # --------------------------------------------------------------------------- streaming
 def timed(iterable, clock, stage):
     """`iterable`, with the time spent producing its items added to `stage`."""
@@ -172,7 +194,7 @@ def detect_faces(source, detector, count, batch_size, progress=True, clock=None)
     """Detector boxes (x1, y1, x2, y2) or None for the first `count` input frames; also the frame shape."""
     detections, batch, shape = [], [], None
     clock = clock or StageClock()
-    bar = tqdm(total=1 if source.static else count, desc="face detection", unit="frame", disable=not progress)
+    bar = progress_bar(progress, "detect", 1 if source.static else count, "face detection")
 
     def flush():
         with clock("detect"):
@@ -224,7 +246,9 @@ def lipsync_video(model, face_path, audio_path, outfile, detector=None, options=
     face_detection/fast.py; the generator in reduced precision, a faster encoder preset);
     `cache_dir` keeps detections per video for later runs. The statistics include "seconds" per
     stage (decode, detect, mel, generate, paste, encode), which overlap: decoding and generation
-    run in threads beside the encoder."""
+    run in threads beside the encoder. `progress`: tqdm bars (True), none (False), or a callable
+    `progress(stage, done, total)` with stage "detect" or "lipsync" (an exception it raises
+    stops the run, leaving no output)."""
     try:
         options.validate()
     except OptionsError as e:
@@ -339,7 +363,7 @@ def _render(model, source, windows, boxes, shape, outfile, audio_path, options, 
     with closing(frames), closing(outputs), videoio.VideoWriter(
             outfile, source.fps, width, height, audio_path=audio_path, preset=FAST_PRESET if options.fast else PRESET,
             expected_frames=count) as writer:
-        bar = tqdm(total=count, desc="lip-sync", unit="frame", disable=not progress)
+        bar = progress_bar(progress, "lipsync", count, "lip-sync")
         for frame in outputs:
             with clock("encode"):
                 writer.write(frame)
