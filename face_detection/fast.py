@@ -10,9 +10,13 @@ Trade-offs against running the detector on every full-size frame:
   face), in which case those frames are detected too. Measured with the embedded detector on
   the four GRID clips (tests/test_speed_paths.py), the padded, smoothed boxes stay within 8 px
   (5% of the face height) of per-frame detection, 0 to 0.5 px on average.
+With every face reported (detect_all, for choosing among several people), the frames between
+two keyframes are detected when any face moved, appeared or vanished.
 """
 import cv2
 import numpy as np
+
+from .select import all_faces_of, iou
 
 FAST_SHORT_SIDE = 180
 FAST_EVERY = 8
@@ -35,7 +39,7 @@ def moved(a, b, tolerance=MOVE_TOLERANCE):
     if a is None or b is None:
         return a is not b
     size = max(a[2] - a[0], a[3] - a[1], 1)
-    return max(abs(p - q) for p, q in zip(a, b)) > tolerance * size
+    return max(abs(p - q) for p, q in zip(a[:4], b[:4])) > tolerance * size
 
 
 def keyframe_indices(count, every):
@@ -49,32 +53,68 @@ class FastDetector:
         self.detector, self.short_side, self.every = detector, short_side, every
         self.name = "%s (fast: short side %s px, every %d frames)" % (detector.name, short_side, every)
         base_key = getattr(detector, "cache_key", None)
-        self.cache_key = None if base_key is None else "%s|fast:%s:%d" % (base_key, short_side, every)
+        # Everything that shapes the boxes, for the detection cache.
+        self.cache_key = None if base_key is None else "%s|fast:%s:%d:%g" % (base_key, short_side, every,
+                                                                             MOVE_TOLERANCE)
 
-    def _detect(self, frames_bgr):
+    def _detect(self, frames_bgr, all_faces=False):
         if not frames_bgr:
             return []
         pairs = [downscale(f, self.short_side) for f in frames_bgr]
-        boxes = self.detector.detect([p[0] for p in pairs])
+        small = [p[0] for p in pairs]
+        if all_faces:
+            return [[tuple(int(v / scale) for v in face[:4]) + face[4:] for face in faces]
+                    for faces, (_, scale) in zip(all_faces_of(self.detector, small), pairs)]
+        boxes = self.detector.detect(small)
         return [None if b is None else tuple(int(v / scale) for v in b) for b, (_, scale) in zip(boxes, pairs)]
 
     def detect(self, frames_bgr):
+        return self._keyframed(frames_bgr, self._detect, moved, _between)
+
+    def detect_all(self, frames_bgr):
+        """Every face per frame, [(x1, y1, x2, y2, score), ...] best first: between two keyframes
+        each face is interpolated to its partner, unless any face moved, appeared or vanished."""
+        return self._keyframed(frames_bgr, lambda frames: self._detect(frames, all_faces=True), faces_moved,
+                               lambda a, b, t: [_between(p, q, t) + (p[4],) for p, q in zip(a, partners(a, b))])
+
+    def _keyframed(self, frames_bgr, detect, changed, between):
         if len(frames_bgr) == 0:
             return []
         keys = keyframe_indices(len(frames_bgr), self.every)
-        boxes = [None] * len(frames_bgr)
-        for i, box in zip(keys, self._detect([frames_bgr[i] for i in keys])):
-            boxes[i] = box
+        found = [None] * len(frames_bgr)
+        for i, faces in zip(keys, detect([frames_bgr[i] for i in keys])):
+            found[i] = faces
         redetect = []
         for a, b in zip(keys, keys[1:]):
-            if moved(boxes[a], boxes[b]):
+            if changed(found[a], found[b]):
                 redetect.extend(range(a + 1, b))
                 continue
-            if boxes[a] is None:
-                continue
             for i in range(a + 1, b):
-                t = (i - a) / (b - a)
-                boxes[i] = tuple(int(round(p + (q - p) * t)) for p, q in zip(boxes[a], boxes[b]))
-        for i, box in zip(redetect, self._detect([frames_bgr[i] for i in redetect])):
-            boxes[i] = box
-        return boxes
+                found[i] = found[a] and between(found[a], found[b], (i - a) / (b - a))
+        for i, faces in zip(redetect, detect([frames_bgr[i] for i in redetect])):
+            found[i] = faces
+        return found
+
+
+def _between(a, b, t):
+    """Box a moved the fraction t of the way to box b, in whole pixels."""
+    return tuple(int(round(p + (q - p) * t)) for p, q in zip(a[:4], b[:4]))
+
+
+def partners(a, b):
+    """Faces of list b in the order of their partners in list a (greedy by overlap), or None when
+    the two lists do not hold the same faces."""
+    if len(a) != len(b):
+        return None
+    left, paired = list(b), []
+    for face in a:
+        best = max(left, key=lambda other: iou(face, other))
+        paired.append(best)
+        left.remove(best)
+    return paired
+
+
+def faces_moved(a, b, tolerance=MOVE_TOLERANCE):
+    """Whether the faces of two keyframes differ: another number of faces, or one moved (see moved)."""
+    paired = partners(a, b)
+    return paired is None or any(moved(p, q, tolerance) for p, q in zip(a, paired))
