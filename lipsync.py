@@ -258,7 +258,7 @@ def lower_face_mask(height, width, shape="ellipse", edge=0.1):
     ellipse (or box), shrunk by the edge width (`edge` x the box width) and blurred over it, so
     the soft edge stays inside the lower half and every row above the middle is 0."""
     top = height // 2
-    margin = min(int(round(edge * width)), (height - top) // 3, width // 3)
+    margin = min(int(round(edge * width)), (height - top) // 4, width // 4)  # the core keeps its 1s
     mask = np.zeros((height, width), np.float32)
     if shape == "box":
         mask[top + margin:height - margin, margin:width - margin] = 1.0
