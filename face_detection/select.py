@@ -76,8 +76,8 @@ def check_first(spec, faces, frame_shape):
     if kind in ("index", "point") and pick(kind, value, faces, frame_shape) is None:
         boxes = ", ".join("%d,%d-%d,%d" % tuple(f[:4]) for f in sorted(faces, key=lambda f: _centre(f)[0]))
         if kind == "index":
-            raise SelectionError("--face_select %s: the first frame has %d face(s); choose index:0 to index:%d "
-                                 "(from the left)" % (spec, len(faces), len(faces) - 1) if faces else
+            raise SelectionError("--face_select %s: the first frame has %d face(s); choose index:0 (leftmost) to "
+                                 "index:%d" % (spec, len(faces), len(faces) - 1) if faces else
                                  "--face_select %s: the first frame has no face; use largest or center" % spec)
         raise SelectionError("--face_select %s: no face of the first frame contains that pixel (faces x1,y1-x2,y2: "
                              "%s)" % (spec, boxes or "none"))
