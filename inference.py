@@ -163,10 +163,10 @@ def detect_faces(source, detector, count, batch_size, progress=True, clock=None,
     the video), so that a frame's faces never depend on `count` (S3FD's ties and --fast's
     keyframes depend on the batch); also the frame shape. `check_first(faces, shape)` sees the
     first frame's faces as soon as they are known."""
-    detections, batch, shape = [], [], None
-    clock = clock or StageClock()
     from face_detection.select import all_faces_of
 
+    detections, batch, shape = [], [], None
+    clock = clock or StageClock()
     target = detection_span(source, count, batch_size)
     bar = tqdm(total=target, desc="face detection", unit="frame", disable=not progress)
 

@@ -145,20 +145,22 @@ def _flat_maps(maps):
     return torch.cat(scores, 1), torch.cat(regs, 1), torch.cat(strides), torch.cat(ys), torch.cat(xs), level_sizes
 
 
-def _originals_order(scores, level_sizes, b):
-    """Cells of image b in the order the original's sort puts its batch candidate list.
-
-    The original's batch path emits, level by level, for each image I of the batch the cells
-    where I's score passes 0.05, each with image b's own score, and sorts that list with the
-    unstable `argsort()[::-1]`; the same list through the same sort gives the same order, ties
-    included (a cell emitted twice appears twice)."""
+def _emitted(scores, level_sizes):
+    """Cells of the original's batch candidate list, in its order: level by level, for each image
+    I of the batch the cells where I's score passes 0.05 (row-major). Every image of the batch
+    gets this same list, each with its own scores (a cell passing in two images appears twice)."""
     emitted, start = [], 0
     for size in level_sizes:
         passing = torch.nonzero(scores[:, start:start + size] > CANDIDATE_THRESHOLD)  # (I, cell) row-major
         emitted.append(passing[:, 1] + start)
         start += size
-    emitted = torch.cat(emitted).cpu().numpy()
-    return emitted[np.argsort(scores[b].cpu().numpy()[emitted])[::-1]]
+    return torch.cat(emitted).cpu().numpy()
+
+
+def _originals_order(score, emitted):
+    """The cells `emitted`, sorted by one image's `score` (numpy) with the original's unstable
+    `argsort()[::-1]`: the same list through the same sort, so equal scores fall as there."""
+    return emitted[np.argsort(score[emitted])[::-1]]
 
 
 def postprocess(maps):
@@ -168,10 +170,11 @@ def postprocess(maps):
     Candidates at or below 0.5 can only suppress boxes scoring even lower, which the final
     threshold drops anyway, so they leave NMS before it (in the original's sorted order)."""
     scores, regs, strides, ys, xs, level_sizes = _flat_maps([torch.as_tensor(m) for m in maps])
+    emitted, host_scores = _emitted(scores, level_sizes), scores.cpu().numpy()
     out = []
     for b in range(scores.shape[0]):
-        order = _originals_order(scores, level_sizes, b)
-        order = order[scores[b].cpu().numpy()[order] > KEEP_THRESHOLD]
+        order = _originals_order(host_scores[b], emitted)
+        order = order[host_scores[b, order] > KEEP_THRESHOLD]
         if not len(order):
             out.append(np.zeros((0, 5), np.float32))
             continue
@@ -195,8 +198,11 @@ def best_boxes(maps):
     ties = (scores == top[:, None]).sum(1)
     # One transfer from the device for the whole batch (a GPU waits at every transfer).
     top, cell, ties = (t.cpu().numpy() for t in (top, cell, ties))
-    for b in np.flatnonzero((ties > 1) & (top > KEEP_THRESHOLD)):
-        cell[b] = _originals_order(scores, level_sizes, b)[0]
+    tied = np.flatnonzero((ties > 1) & (top > KEEP_THRESHOLD))
+    if len(tied):  # the cell the original's sort puts first
+        emitted = _emitted(scores, level_sizes)
+        for b in tied:
+            cell[b] = _originals_order(scores[b].cpu().numpy(), emitted)[0]
     cell = torch.from_numpy(cell).to(regs.device)
     boxes = _decode(regs[torch.arange(batch, device=regs.device), cell], strides[cell], ys[cell], xs[cell])
     # Clipped at 0 as the original; the rest only tames the overflow of untrained weights.
