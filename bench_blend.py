@@ -72,9 +72,9 @@ def clip_items(name, frames, windows, detector):
 
 
 def measure(generator, items):
-    """{mode: (seam score, fraction changed outside the box, median ms per frame)} and the outputs of the first item."""
+    """{mode: (seam score, fraction changed outside the box, median ms per frame)}."""
     patches = lipsync.generate(generator, [lipsync.face_crop(f, b) for f, _, b in items], [m for _, m, _ in items])
-    results, first = {}, {}
+    results = {}
     for mode, options in MODES.items():
         seams, outside, costs = [], [], []
         for (frame, _, box), patch in zip(items, patches):
@@ -88,8 +88,7 @@ def measure(generator, items):
             changed[y1:y2, x1:x2] = False
             outside.append(changed.sum() / (changed.size - (y2 - y1) * (x2 - x1)))
         results[mode] = (float(np.mean(seams)), float(np.max(outside)), 1000 * statistics.median(costs))
-        first[mode] = out if len(items) == 1 else None
-    return results, first
+    return results
 
 
 def picture(generator, items, path):
@@ -126,8 +125,7 @@ def main():
     print("| --- | --- | --- | --- | --- |")
     for name in CLIPS:
         items = clip_items(name, args.frames, windows, detector)
-        results, _ = measure(generator, items)
-        for mode, (seam, outside, ms) in results.items():
+        for mode, (seam, outside, ms) in measure(generator, items).items():
             print("| %s (%d frames) | %s | %.2f | %.4f | %.2f |" % (name, len(items), mode, seam, outside, ms))
         if name == PICTURE_CLIP and args.picture:
             picture(generator, items, args.picture)

@@ -252,7 +252,7 @@ def blend_face(region, face, options):
     return np.rint(region * (1.0 - weight) + face * weight).astype(np.uint8)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=8)  # a still face or an avatar reuses its box; 8 masks of a large face: 10 MB
 def lower_face_mask(height, width, shape="ellipse", edge=0.1):
     """Weights (height, width) float32 of the generated face in a box: 1 inside the lower half's
     ellipse (or box), shrunk by the edge width (`edge` x the box width) and blurred over it, so
