@@ -11,7 +11,7 @@ Trade-offs against running the detector on every full-size frame:
   the four GRID clips (tests/test_speed_paths.py), the padded, smoothed boxes stay within 8 px
   (5% of the face height) of per-frame detection, 0 to 0.5 px on average.
 With every face reported (detect_all, for choosing among several people), the frames between
-two keyframes are detected when any face moved, appeared or vanished.
+two keyframes are detected when any of up to FAST_MAX_FACES faces moved, appeared or vanished.
 """
 import cv2
 import numpy as np
@@ -22,6 +22,9 @@ FAST_SHORT_SIDE = 180
 FAST_EVERY = 8
 FAST_BATCH = 64  # frames per call: 9 keyframes where batches of 16 would need 12
 MOVE_TOLERANCE = 0.1
+# With more faces than this in a keyframe only the best one decides whether the frames between
+# are detected (a crowd, or untrained weights, would make every frame a keyframe).
+FAST_MAX_FACES = 8
 
 
 def downscale(frame, short_side=FAST_SHORT_SIDE):
@@ -54,8 +57,8 @@ class FastDetector:
         self.name = "%s (fast: short side %s px, every %d frames)" % (detector.name, short_side, every)
         base_key = getattr(detector, "cache_key", None)
         # Everything that shapes the boxes, for the detection cache.
-        self.cache_key = None if base_key is None else "%s|fast:%s:%d:%g" % (base_key, short_side, every,
-                                                                             MOVE_TOLERANCE)
+        self.cache_key = None if base_key is None else "%s|fast:%s:%d:%g:%d" % (
+            base_key, short_side, every, MOVE_TOLERANCE, FAST_MAX_FACES)
 
     def _detect(self, frames_bgr, all_faces=False):
         if not frames_bgr:
@@ -72,10 +75,10 @@ class FastDetector:
         return self._keyframed(frames_bgr, self._detect, moved, _between)
 
     def detect_all(self, frames_bgr):
-        """Every face per frame, [(x1, y1, x2, y2, score), ...] best first: between two keyframes
-        each face is interpolated to its partner, unless any face moved, appeared or vanished."""
+        """Every face per frame, [(x1, y1, x2, y2, score), ...] best first (see faces_moved and
+        between_faces for the frames between keyframes)."""
         return self._keyframed(frames_bgr, lambda frames: self._detect(frames, all_faces=True), faces_moved,
-                               lambda a, b, t: [_between(p, q, t) + (p[4],) for p, q in zip(a, partners(a, b))])
+                               between_faces)
 
     def _keyframed(self, frames_bgr, detect, changed, between):
         if len(frames_bgr) == 0:
@@ -101,20 +104,24 @@ def _between(a, b, t):
     return tuple(int(round(p + (q - p) * t)) for p, q in zip(a[:4], b[:4]))
 
 
-def partners(a, b):
-    """Faces of list b in the order of their partners in list a (greedy by overlap), or None when
-    the two lists do not hold the same faces."""
-    if len(a) != len(b):
-        return None
-    left, paired = list(b), []
-    for face in a:
-        best = max(left, key=lambda other: iou(face, other))
-        paired.append(best)
-        left.remove(best)
-    return paired
+def between_faces(a, b, t):
+    """The faces of keyframe a moved the fraction t of the way to their partners in keyframe b:
+    the best face to the best (as `detect` does), every other one to the face of b that overlaps
+    it most, if that one did not move (see moved); faces without a partner are left out."""
+    faces, rest = [_between(a[0], b[0], t) + a[0][4:]], list(b[1:])
+    for face in a[1:]:
+        partner = max(rest, key=lambda other: iou(face, other), default=None)
+        if partner is not None and not moved(face, partner):
+            faces.append(_between(face, partner, t) + face[4:])
+            rest.remove(partner)
+    return faces
 
 
-def faces_moved(a, b, tolerance=MOVE_TOLERANCE):
-    """Whether the faces of two keyframes differ: another number of faces, or one moved (see moved)."""
-    paired = partners(a, b)
-    return paired is None or any(moved(p, q, tolerance) for p, q in zip(a, paired))
+def faces_moved(a, b):
+    """Whether the frames between keyframes with faces a and b must be detected: the best face
+    moved, appeared or vanished, or (with at most FAST_MAX_FACES faces) any face did."""
+    if moved(a[0] if a else None, b[0] if b else None):
+        return True
+    if not a or max(len(a), len(b)) > FAST_MAX_FACES:
+        return False
+    return len(a) != len(b) or len(between_faces(a, b, 0.0)) != len(a)
