@@ -12,8 +12,10 @@ unless --on_no_face error is given. --fast trades exactness for speed (see lipsy
 import argparse
 import os
 import queue
+import signal
 import sys
 import threading
+from contextlib import closing
 
 import numpy as np
 from tqdm import tqdm
@@ -25,7 +27,8 @@ from hparams import add_hparams_argument, apply_overrides, hparams
 # The numeric core, shared with live/, under its public inference.* names.
 from lipsync import (MEL_STEP_SIZE, StageClock, best_device, face_boxes, face_boxes_with_gaps, face_crop,  # noqa: F401
                      fast_dtype, full_float32, generate, generate_batch, inference_model, lipsync_frames,
-                     lipsync_stream, load_model, mel_chunk_starts, mel_chunks, model_input, paste, smooth_boxes)
+                     lipsync_stream, load_model, mel_chunk_starts, mel_chunks, model_input, paste, smooth_boxes,
+                     usable)
 from options import OptionsError, SyncOptions
 # On the CPU the generator runs at most this many frames at a time: with BatchNorm folded the
 # time per frame is the same from 8 to 128, and at 720p the peak memory is 1.15 GB against
@@ -126,17 +129,30 @@ class FaceSource:
         self.static = options.static or self.image is not None
         self.fps = options.fps if self.image is not None else videoio.video_fps(path)
         self.prepare = options.prepare
+        self._still = None
 
     def frames(self):
         """Prepared frames of one pass over the input (just the first one when static)."""
-        raw = [self.image] if self.image is not None else videoio.read_frames(self.path)
-        for frame in raw:
-            frame = videoio.prepare_frame(frame, **self.prepare)
-            if frame.size == 0:
-                raise InferenceError("--crop leaves an empty frame for %s" % self.path)
-            yield frame
-            if self.static:
-                return
+        if self.static:
+            yield self.still()
+            return
+        for frame in videoio.read_frames(self.path):
+            yield self._prepared(frame)
+
+    def still(self):
+        """The one prepared frame of a static input, decoded once (not once per output frame)."""
+        if self._still is None:
+            raw = self.image if self.image is not None else videoio.first_frame(self.path)
+            if raw is None:
+                raise InferenceError("%s has no decodable video frames" % self.path)
+            self._still = self._prepared(raw)
+        return self._still
+
+    def _prepared(self, frame):
+        frame = videoio.prepare_frame(frame, **self.prepare)
+        if frame.size == 0:
+            raise InferenceError("--crop leaves an empty frame for %s" % self.path)
+        return frame
 
     def cycle(self, count):
         """(source index, frame) for `count` output frames, reusing the input cyclically."""
@@ -179,16 +195,18 @@ def detect_faces(source, detector, count, batch_size, progress=True, clock=None,
         if first and check_first is not None:
             check_first(detections[0], shape)
 
-    for frame in in_background(timed(source.frames(), clock, "decode"), DECODE_AHEAD):
-        if shape is None:
-            shape = frame.shape
-        elif frame.shape != shape:
-            raise InferenceError("frame size changes inside %s; re-encode it at one size" % source.path)
-        batch.append(frame)
-        if len(batch) == batch_size:
-            flush()
-        if len(detections) + len(batch) == target:
-            break
+    # Closed here, not by the garbage collector, so that an error stops the decoder thread at once.
+    with closing(in_background(timed(source.frames(), clock, "decode"), DECODE_AHEAD)) as frames:
+        for frame in frames:
+            if shape is None:
+                shape = frame.shape
+            elif frame.shape != shape:
+                raise InferenceError("frame size changes inside %s; re-encode it at one size" % source.path)
+            batch.append(frame)
+            if len(batch) == batch_size:
+                flush()
+            if len(detections) + len(batch) == target:
+                break
     if batch:
         flush()
     bar.close()
@@ -231,6 +249,7 @@ def lipsync_video(model, face_path, audio_path, outfile, detector=None, options=
         options.validate()
     except OptionsError as e:
         raise InferenceError(str(e))
+    videoio.check_output(outfile)
     clock = StageClock()
     source = FaceSource(face_path, options)
     with clock("mel"):
@@ -272,10 +291,27 @@ def input_boxes(source, detector, count, options=SyncOptions(), progress=True, c
         faces, shape = _detections(source, detector, count, options, progress, clock, cache_dir, check)
         chosen = select_faces(options.face_select, faces, shape)
         return face_boxes_with_gaps(chosen, shape, options.pads, options.nosmooth), shape
-    first = next(source.frames(), None)
+    with closing(source.frames()) as frames:
+        first = next(frames, None)
     if first is None:
         raise InferenceError("%s has no decodable video frames" % source.path)
-    return [options.box], first.shape
+    return [fixed_box(options.box, first.shape)], first.shape
+
+
+def fixed_box(box, shape):
+    """--box (y1, y2, x1, x2) clipped to a frame of `shape`, with a notice when it had to be;
+    InferenceError when no pixel of it is inside the frame."""
+    height, width = shape[:2]
+    top, bottom, left, right = box
+    clipped = (min(top, height), min(bottom, height), min(left, width), min(right, width))
+    if not usable(clipped):
+        raise InferenceError("--box %s is outside the %dx%d frame; give top bottom left right inside it"
+                             % (" ".join(map(str, box)), width, height))
+    if clipped != tuple(box):
+        print("--box %s reaches outside the %dx%d frame: clipped to %s" % (" ".join(map(str, box)), width, height,
+                                                                           " ".join(map(str, clipped))),
+              file=sys.stderr)
+    return clipped
 
 
 def _detections(source, detector, count, options, progress, clock, cache_dir, check_first=None):
@@ -289,8 +325,27 @@ def _detections(source, detector, count, options, progress, clock, cache_dir, ch
     if options.fast:  # S3FD gets small copies of the frames; other detectors choose their own size
         detector = FastDetector(detector, FAST_SHORT_SIDE if isinstance(detector, S3FDDetector) else None)
         batch_size = max(batch_size, FAST_BATCH)
-    cache = DetectionCache(cache_dir) if cache_dir else None
+    cache = DetectionCache(cache_dir) if cache_dir and _writable_cache(cache_dir) else None
     return find_faces(source, detector, count, batch_size, progress, clock, cache, check_first)
+
+
+_UNWRITABLE_CACHES = set()
+
+
+def _writable_cache(folder):
+    """Whether detections can be kept in `folder`; a notice, once per folder, when they cannot."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if os.access(folder, os.W_OK | os.X_OK):
+            return True
+        reason = "not writable"
+    except OSError as e:
+        reason = e.strerror or str(e)
+    if folder not in _UNWRITABLE_CACHES:
+        _UNWRITABLE_CACHES.add(folder)
+        print("face detection: cannot keep detections in %s (%s); running without the cache (pass a writable "
+              "--cache_dir or --no_cache)" % (folder, reason), file=sys.stderr)
+    return False
 
 
 def _render(model, source, windows, boxes, shape, outfile, audio_path, options, progress, clock):
@@ -306,22 +361,21 @@ def _render(model, source, windows, boxes, shape, outfile, audio_path, options, 
     # while the next batch is generated.
     frames = in_background(timed(source.cycle(count), clock, "decode"), DECODE_AHEAD)
     items = ((frame, windows[i], boxes[index % len(boxes)]) for i, (index, frame) in enumerate(frames))
-    # A video's frames are decoded afresh for every use; an image's one frame is reused.
-    outputs = in_background(lipsync_stream(generator, items, batch_size, clock, copy_frames=source.image is not None,
+    # A video's frames are decoded afresh for every use; a static input's one frame is reused.
+    outputs = in_background(lipsync_stream(generator, items, batch_size, clock, copy_frames=source.static,
                                            options=options), batch_size)
-    with videoio.VideoWriter(outfile, source.fps, width, height, audio_path=audio_path,
-                             preset=FAST_PRESET if options.fast else PRESET) as writer:
+    # Both threads are stopped and joined on leaving, the consumer's first: an error stops them at once.
+    with closing(frames), closing(outputs), videoio.VideoWriter(
+            outfile, source.fps, width, height, audio_path=audio_path, preset=FAST_PRESET if options.fast else PRESET,
+            expected_frames=count) as writer:
         bar = tqdm(total=count, desc="lip-sync", unit="frame", disable=not progress)
         for frame in outputs:
             with clock("encode"):
                 writer.write(frame)
             bar.update(1)
         bar.close()
-        written = writer.frames_written
         with clock("encode"):
             writer.finish()
-    if written != count:
-        raise InferenceError("wrote %d frames, expected %d" % (written, count))
 
 
 # --------------------------------------------------------------------------- command line
@@ -342,7 +396,34 @@ def build_parser():
     return p
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: raised in the main thread, so that every `with` and `finally` cleans up."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
 def main(argv=None):
+    handled = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        return _run(argv)
+    previous = [signal.signal(s, _interrupt) for s in handled]
+    try:
+        return _run(argv)
+    except Interrupted as e:
+        print("error: stopped by %s; no output written" % signal.Signals(e.signum).name, file=sys.stderr)
+        return 128 + e.signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+    finally:
+        for s, handler in zip(handled, previous):
+            signal.signal(s, handler)
+
+
+def _run(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     apply_overrides(args, parser)
@@ -352,6 +433,7 @@ def main(argv=None):
     options = SyncOptions.from_args(args)
     try:
         options.validate()
+        videoio.check_output(args.outfile)
         model = inference_model(load_model(args.checkpoint_path, device))  # not kept unfused: 145 MB
         detector, cache_dir = None, None
         if options.detect:  # imported only then: face-alignment takes a quarter second

@@ -16,6 +16,7 @@ import torch
 from hparams import hparams
 
 MEL_STEP_SIZE = 16
+SMOOTH_WINDOW = 5
 # uint8 -> float32 exactly as the original's `/ 255.` in float64 followed by FloatTensor.
 _UINT8_TO_UNIT = (np.arange(256) / 255.0).astype(np.float32)
 
@@ -112,7 +113,7 @@ def mel_chunks(mel, fps):
 
 
 # --------------------------------------------------------------------------- face boxes
-def smooth_boxes(boxes, window=5):
+def smooth_boxes(boxes, window=SMOOTH_WINDOW):
     """The original's forward moving average over box rows, in place on an int array."""
     n = len(boxes)
     for i in range(n):
@@ -134,8 +135,12 @@ def face_boxes(detections, frame_shape, pads=(0, 10, 0, 0), nosmooth=False):
 def face_boxes_with_gaps(detections, frame_shape, pads=(0, 10, 0, 0), nosmooth=False):
     """Like face_boxes for a list where None marks a frame without a face.
 
-    Each run of consecutive detections is padded and smoothed on its own, so a video with a
-    face in every frame gets exactly the original's boxes. Returns a list of tuples or None."""
+    Each run of consecutive detections is padded and smoothed on its own, a run shorter than the
+    window over all its boxes: the original's slice boxes[n - 5:] counts from the end when
+    n < 5 and would collapse such a run to its last box or two (the original met that only in
+    videos under 5 frames). A video with a face in every frame gets exactly the original's
+    boxes. Returns a list of tuples or None."""
+    whole = all(d is not None for d in detections)
     out = [None] * len(detections)
     start = 0
     while start < len(detections):
@@ -145,7 +150,9 @@ def face_boxes_with_gaps(detections, frame_shape, pads=(0, 10, 0, 0), nosmooth=F
         end = start
         while end < len(detections) and detections[end] is not None:
             end += 1
-        run = face_boxes(detections[start:end], frame_shape, pads, nosmooth)
+        run = face_boxes(detections[start:end], frame_shape, pads, nosmooth=True)
+        if not nosmooth:
+            smooth_boxes(run, SMOOTH_WINDOW if whole else min(SMOOTH_WINDOW, len(run)))
         out[start:end] = [tuple(int(v) for v in b) for b in run]
         start = end
     return out

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from hparams import parse_bool
 
-MAX_FPS = 240.0
+MIN_FPS, MAX_FPS = 1.0, 240.0
+MAX_BATCH = 1024  # a batch is held in memory: frames for detection, frames and faces for the generator
 BLENDS = ("rect", "feather", "seamless")
 MASK_SHAPES = ("ellipse", "box")
 MAX_MASK_EDGE = 0.25
@@ -101,11 +102,12 @@ class SyncOptions:
 
     def validate(self):
         """Raise OptionsError for a value no run can use; return self."""
-        if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and 0 < self.fps <= MAX_FPS):
-            raise OptionsError("--fps %r is not a frame rate; pass a number above 0 and at most %g" % (self.fps, MAX_FPS))
+        if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and MIN_FPS <= self.fps <= MAX_FPS):
+            raise OptionsError("--fps %r is not a usable frame rate; pass a number from %g to %g (25 is usual)"
+                               % (self.fps, MIN_FPS, MAX_FPS))
         for name in ("face_det_batch_size", "wav2lip_batch_size"):
-            if getattr(self, name) < 1:
-                raise OptionsError("--%s %d must be at least 1" % (name, getattr(self, name)))
+            if not 1 <= getattr(self, name) <= MAX_BATCH:
+                raise OptionsError("--%s %d must be from 1 to %d" % (name, getattr(self, name), MAX_BATCH))
         if self.resize_factor < 1:
             raise OptionsError("--resize_factor %d must be at least 1 (1 keeps the size)" % self.resize_factor)
         if any(p < 0 for p in self.pads):
@@ -122,11 +124,17 @@ class SyncOptions:
         if self.color_match and self.blend == "rect":
             raise OptionsError("--color_match needs --blend feather or seamless")
         parse_face_select(self.face_select)
-        if not self.detect:
+        top, bottom, left, right = self.crop
+        if min(top, left) < 0 or min(bottom, right) < -1 or -1 < bottom <= top or -1 < right <= left:
+            raise OptionsError("--crop %s is not a crop: give top bottom left right with top < bottom and left < "
+                               "right, all at least 0 (-1 for bottom or right: to the edge)"
+                               % " ".join(map(str, self.crop)))
+        if self.box != (-1, -1, -1, -1):
             top, bottom, left, right = self.box
             if min(self.box) < 0 or bottom <= top or right <= left:
                 raise OptionsError("--box %s is not a box: give top bottom left right with top < bottom and "
-                                   "left < right, all at least 0" % " ".join(map(str, self.box)))
+                                   "left < right, all at least 0 (or -1 -1 -1 -1 to detect)"
+                                   % " ".join(map(str, self.box)))
         return self
 
 

@@ -39,8 +39,6 @@ def downscale(frame, short_side=FAST_SHORT_SIDE):
 
 def moved(a, b, tolerance=MOVE_TOLERANCE):
     """Whether the face boxes a and b (x1, y1, x2, y2) differ by more than `tolerance` of a's size."""
-    if a is None or b is None:
-        return a is not b
     size = max(a[2] - a[0], a[3] - a[1], 1)
     return max(abs(p - q) for p, q in zip(a[:4], b[:4])) > tolerance * size
 
@@ -72,7 +70,7 @@ class FastDetector:
         return [None if b is None else tuple(int(v / scale) for v in b) for b, (_, scale) in zip(boxes, pairs)]
 
     def detect(self, frames_bgr):
-        return self._keyframed(frames_bgr, self._detect, moved, _between)
+        return self._keyframed(frames_bgr, self._detect, box_moved, _between)
 
     def detect_all(self, frames_bgr):
         """Every face per frame, [(x1, y1, x2, y2, score), ...] best first (see faces_moved and
@@ -93,10 +91,16 @@ class FastDetector:
                 redetect.extend(range(a + 1, b))
                 continue
             for i in range(a + 1, b):
-                found[i] = found[a] and between(found[a], found[b], (i - a) / (b - a))
+                found[i] = between(found[a], found[b], (i - a) / (b - a))
         for i, faces in zip(redetect, detect([frames_bgr[i] for i in redetect])):
             found[i] = faces
         return found
+
+
+def box_moved(a, b):
+    """Whether the frames between keyframes with best boxes a and b must be detected. Without a
+    face at either end, one may still appear or leave in between: look."""
+    return a is None or b is None or moved(a, b)
 
 
 def _between(a, b, t):
@@ -118,10 +122,10 @@ def between_faces(a, b, t):
 
 
 def faces_moved(a, b):
-    """Whether the frames between keyframes with faces a and b must be detected: the best face
-    moved, appeared or vanished, or (with at most FAST_MAX_FACES faces) any face did."""
-    if moved(a[0] if a else None, b[0] if b else None):
+    """Whether the frames between keyframes with faces a and b must be detected: as box_moved for
+    the best faces, or (with at most FAST_MAX_FACES faces) when any face moved, appeared or vanished."""
+    if box_moved(a[0] if a else None, b[0] if b else None):
         return True
-    if not a or max(len(a), len(b)) > FAST_MAX_FACES:
+    if max(len(a), len(b)) > FAST_MAX_FACES:
         return False
     return len(a) != len(b) or len(between_faces(a, b, 0.0)) != len(a)
