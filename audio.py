@@ -17,8 +17,8 @@ class AudioError(ValueError):
     """Bad audio input; the message names the file and what to do."""
 
 
-def _to_float(frame_array):
-    """Samples of one decoded frame as float32 (channels, n), scaled like libsndfile."""
+def to_float32(frame_array):
+    """Samples as float32, integers scaled like libsndfile (int16 / 32768); any shape."""
     a = frame_array
     if a.dtype == np.int16:
         a = a.astype(np.float32) / 32768.0
@@ -51,7 +51,7 @@ def _decode(path, as_int16=False):
         chunks = []
         try:
             for frame in container.decode(stream):
-                a = _to_float(frame.to_ndarray())
+                a = to_float32(frame.to_ndarray())
                 if not frame.format.is_planar:  # packed: (1, n * channels)
                     a = a.reshape(-1, len(frame.layout.channels)).T
                 if as_int16:
@@ -91,12 +91,19 @@ def _stft_magnitude(y, block=4096):
     """|STFT| (1 + n_fft // 2, T) with a periodic Hann window and centred frames.
 
     The signal is padded by reflection, as librosa 0.7 (which the published models were
-    trained with) did; frames are transformed a block at a time to bound memory."""
-    n_fft, hop = hp.n_fft, hp.hop_size
+    trained with) did."""
+    return stft_magnitude(np.pad(y, hp.n_fft // 2, mode="reflect"), block)
+
+
+def stft_magnitude(padded, block=4096):
+    """|STFT| of an already padded signal: one column per hop_size step of a full n_fft frame.
+
+    Frames are transformed a block at a time to bound memory; the live engine calls this on
+    the stretch of an utterance whose columns have become final."""
+    n_fft = hp.n_fft
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(hp.win_size) / hp.win_size)
     window = np.pad(window, ((n_fft - hp.win_size) // 2, (n_fft - hp.win_size + 1) // 2))
-    padded = np.pad(y, n_fft // 2, mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hp.hop_size]
     return np.concatenate([np.abs(np.fft.rfft(frames[i:i + block] * window, axis=1)).T
                            for i in range(0, len(frames), block)], axis=1)
 
@@ -149,10 +156,15 @@ def _normalize(S):
     return out
 
 
+def mel_from_magnitude(magnitude):
+    """Normalised mel columns (num_mels, T) from |STFT| columns."""
+    S = _amp_to_db(np.dot(_mel_basis(), magnitude)) - hp.ref_level_db
+    return _normalize(S) if hp.signal_normalization else S
+
+
 def melspectrogram(wav):
     """(num_mels, T) mel spectrogram of 16 kHz samples, T = 1 + len(wav) // hop_size."""
     wav = np.asarray(wav)
     if wav.ndim != 1:
         raise AudioError("melspectrogram expects 1-D samples, got shape %s" % (wav.shape,))
-    S = _amp_to_db(np.dot(_mel_basis(), _stft_magnitude(preemphasis(wav)))) - hp.ref_level_db
-    return _normalize(S) if hp.signal_normalization else S
+    return mel_from_magnitude(_stft_magnitude(preemphasis(wav)))
