@@ -139,3 +139,37 @@ def test_bad_blend_and_selection_options_fail_in_one_line_before_any_work(flags,
     with pytest.raises(OptionsError):
         SyncOptions.from_args(inference.build_parser().parse_args(
             ["--checkpoint_path", "x", "--face", "x", "--audio", "x"] + flags)).validate()
+
+
+def test_live_session_with_feather_gives_the_offline_frames(generator, tmp_path):
+    """A live session over an avatar prepared with --blend feather pastes as the offline path does."""
+    import audio
+    import live
+    from face_detection.embedded import EmbeddedDetector
+
+    path = live.prepare_avatar(str(GRID), str(tmp_path / "avatar"), detector=EmbeddedDetector(),
+                               cache_dir=str(tmp_path / "cache"), progress=False, blend="feather")
+    speech = audio.load_wav(str(MEDIA / "jfk.wav"))[:6400]           # 0.4 s: 10 frames
+    with live.load_avatar(path) as avatar:
+        assert avatar.options.blend == "feather"
+        session = live.Session(generator, avatar)
+        session.push(speech)
+        session.end_utterance()
+        frames = []
+        while True:
+            frame = session.read()
+            if not frame.speaking:
+                break
+            frames.append(frame)
+        windows = inference.mel_chunks(audio.melspectrogram(speech), avatar.fps)
+        windows += [windows[-1]] * (len(frames) - len(windows))
+        sources = [f.source_index for f in frames]
+        offline = list(inference.lipsync_frames(generator, [avatar.frame(s) for s in sources], windows,
+                                                [avatar.box(s) for s in sources], batch_size=16,
+                                                options=avatar.options))
+        for frame, want, source in zip(frames, offline, sources):
+            y1, y2, x1, x2 = avatar.box(source)
+            diff = np.abs(frame.image.astype(np.int16) - want)
+            assert diff.max() <= 3 and diff.mean() <= 0.05
+            upper = slice(y1, (y1 + y2) // 2), slice(x1, x2)
+            np.testing.assert_array_equal(frame.image[upper], avatar.frame(source)[upper])
