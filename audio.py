@@ -66,19 +66,50 @@ def _decode(path, as_int16=False):
     return wav[:length], int(sr)
 
 
-def load_wav(path, sr=hp.sample_rate, as_int16=False):
-    """Mono float32 samples of `path` at `sr` Hz (audio files and the audio track of videos).
+def load_wav(path, sr=None, as_int16=False):
+    """Mono float32 samples of `path` at `sr` Hz (default hparams.sample_rate), from audio files
+    and the audio track of videos.
 
     `as_int16` reproduces the original inference, which first converted non-wav input to a
     16-bit wav with ffmpeg."""
+    sr = hp.sample_rate if sr is None else sr
     wav, file_sr = _decode(path, as_int16)
     if file_sr != sr and len(wav):
         wav = soxr.resample(wav, file_sr, sr, quality="HQ").astype(np.float32)
     return wav
 
 
-def preemphasis(wav, k=hp.preemphasis, preemphasize=hp.preemphasize):
-    """y[n] = x[n] - k x[n-1] in float64: the same numbers as the original's scipy lfilter."""
+# Every function reads hparams when it is called (never at import), so --hparams overrides apply.
+def hop_size():
+    """Samples between STFT frames: hparams.hop_size, or frame_shift_ms when hop_size is none."""
+    if hp.hop_size is not None:
+        return int(hp.hop_size)  # set back from none, it reads as a float
+    if hp.frame_shift_ms is None:
+        raise AudioError("hparams hop_size and frame_shift_ms are both none; set one of them")
+    return int(hp.frame_shift_ms / 1000 * hp.sample_rate)
+
+
+def mel_columns_per_second():
+    """Mel columns per second of audio: 80 with the defaults (16000 / 200)."""
+    return hp.sample_rate / hop_size()
+
+
+def mel_settings():
+    """Everything the mel spectrogram of a file depends on, as it is computed (a cache key)."""
+    emphasis = hp.preemphasis if hp.preemphasize else None
+    normalization = ((hp.symmetric_mels, hp.max_abs_value, hp.allow_clipping_in_normalization)
+                     if hp.signal_normalization else None)
+    return dict(sample_rate=hp.sample_rate, num_mels=hp.num_mels, n_fft=hp.n_fft, hop_size=hop_size(),
+                win_size=hp.win_size, fmin=hp.fmin, fmax=hp.fmax, preemphasis=emphasis,
+                min_level_db=hp.min_level_db, ref_level_db=hp.ref_level_db, normalization=normalization)
+
+
+def preemphasis(wav, k=None, preemphasize=None):
+    """y[n] = x[n] - k x[n-1] in float64: the same numbers as the original's scipy lfilter.
+
+    `k` and `preemphasize` default to hparams.preemphasis and hparams.preemphasize."""
+    k = hp.preemphasis if k is None else k
+    preemphasize = hp.preemphasize if preemphasize is None else preemphasize
     if not preemphasize:
         return wav
     x = np.asarray(wav, dtype=np.float64)
@@ -100,10 +131,10 @@ def stft_magnitude(padded, block=4096):
 
     Frames are transformed a block at a time to bound memory; the live engine calls this on
     the stretch of an utterance whose columns have become final."""
-    n_fft = hp.n_fft
+    n_fft, hop = hp.n_fft, hop_size()
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(hp.win_size) / hp.win_size)
     window = np.pad(window, ((n_fft - hp.win_size) // 2, (n_fft - hp.win_size + 1) // 2))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hp.hop_size]
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
     return np.concatenate([np.abs(np.fft.rfft(frames[i:i + block] * window, axis=1)).T
                            for i in range(0, len(frames), block)], axis=1)
 
@@ -167,4 +198,6 @@ def melspectrogram(wav):
     wav = np.asarray(wav)
     if wav.ndim != 1:
         raise AudioError("melspectrogram expects 1-D samples, got shape %s" % (wav.shape,))
+    if len(wav) == 0:  # reflection padding needs a sample
+        raise AudioError("no audio samples to compute a mel spectrogram of; pass speech that is not empty")
     return mel_from_magnitude(_stft_magnitude(preemphasis(wav)))

@@ -156,7 +156,7 @@ def main(argv=None):
                                     os.path.basename(args.filelist)[:-4])
             corpus = args.data_root
         else:
-            folders = sorted(glob.glob(os.path.join(args.data_root, "*", "*")))
+            folders = sorted(glob.glob(os.path.join(glob.escape(args.data_root), "*", "*")))
             corpus = args.data_root
         rows = []
         for name, naive, fast in (("SyncNet", NaiveSyncNetDataset, SyncNetDataset),

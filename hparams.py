@@ -5,6 +5,10 @@ Scripts read `hparams` and let users override any value from the command line wi
 """
 import argparse
 
+# Declared by the original's hparams.py but never applied by its code (lws was not even called
+# correctly); they keep their values so that a changed value is refused instead of ignored.
+DECLARED_ONLY = ("rescale", "rescaling_max", "use_lws")
+
 
 class HParams:
     """A flat namespace of named values that keeps the type of each default."""
@@ -19,7 +23,11 @@ class HParams:
         """Set `name` from its string form, cast to the type of the current value."""
         if name not in self.__dict__:
             raise ValueError("unknown hparam %r (known: %s)" % (name, ", ".join(sorted(self.__dict__))))
-        self.__dict__[name] = _cast(text, self.__dict__[name], name)
+        value = _cast(text, self.__dict__[name], name)
+        if name in DECLARED_ONLY and value != self.__dict__[name]:
+            raise ValueError("hparam %s cannot be changed: the original declared it but never used it, and so "
+                             "does this code (keep %r)" % (name, self.__dict__[name]))
+        self.__dict__[name] = value
 
     def parse(self, overrides):
         """Apply "a=1,b=2" overrides; an empty string changes nothing."""

@@ -112,7 +112,7 @@ def load_speech(path):
         wav = audio.load_wav(path, hparams.sample_rate, as_int16=not path.lower().endswith(".wav"))
     except audio.AudioError as e:
         raise InferenceError(str(e))
-    if len(wav) < (MEL_STEP_SIZE - 1) * hparams.hop_size:
+    if len(wav) < (MEL_STEP_SIZE - 1) * audio.hop_size():
         raise InferenceError("audio %s is %.3f s long, shorter than one video frame's mel window "
                              "(0.2 s); pass longer speech as --audio" % (path, len(wav) / hparams.sample_rate))
     return wav

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+import audio
 from hparams import hparams
 
 MEL_STEP_SIZE = 16
@@ -115,7 +116,7 @@ def best_device():
 # --------------------------------------------------------------------------- mel windows
 def mel_chunk_start(i, fps):
     """Start column of frame i's mel window, where the mel continues past the window."""
-    return int(i * (80.0 / fps))
+    return int(i * (audio.mel_columns_per_second() / fps))  # 80 / fps with the default hparams
 
 
 def mel_chunk_starts(num_columns, fps):

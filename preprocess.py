@@ -10,7 +10,10 @@ the detected face of every frame (no padding; frames without a face leave a gap 
 numbering), and audio.wav (16 kHz mono 16-bit PCM, extracted with the ffmpeg of imageio-ffmpeg).
 Each video is written into a hidden .partial folder that is renamed when complete, so an
 interrupted run is resumed by running it again: complete videos are skipped, unfinished ones
-redone. A video that cannot be read is reported and skipped; a summary ends the run.
+redone. A video that cannot be read is reported and skipped; a summary ends the run, with exit
+status 1 when no video of the shard is complete. Training maps frames to mel columns at
+hparams.fps (25): a video at another frame rate is converted on the way in, each output frame
+being the input frame nearest to it in time (frames are dropped or repeated).
 """
 import argparse
 import glob
@@ -27,6 +30,8 @@ from tqdm import tqdm
 
 import face_detection
 import videoio
+from hparams import add_hparams_argument, apply_overrides, hparams
+from models.checkpoint import CheckpointError
 
 
 class PreprocessError(RuntimeError):
@@ -35,7 +40,7 @@ class PreprocessError(RuntimeError):
 
 def list_videos(data_root, shard_index=0, num_shards=1):
     """This shard's share of <data_root>/<speaker>/<id>.mp4, in a fixed order."""
-    return sorted(glob.glob(os.path.join(data_root, "*", "*.mp4")))[shard_index::num_shards]
+    return sorted(glob.glob(os.path.join(glob.escape(data_root), "*", "*.mp4")))[shard_index::num_shards]
 
 
 def output_folder(video, preprocessed_root):
@@ -51,11 +56,28 @@ def is_complete(folder):
 def extract_audio(video, wav_path):
     """The video's audio track as 16 kHz mono PCM, resampled with soxr like audio.load_wav."""
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-i", video, "-vn",
-               "-af", "aresample=resampler=soxr", "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", wav_path]
+               "-af", "aresample=resampler=soxr", "-ac", "1", "-ar", str(hparams.sample_rate), "-c:a", "pcm_s16le",
+               wav_path]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0 or not os.path.isfile(wav_path):
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         raise PreprocessError("no audio extracted: %s" % (lines[-1] if lines else "ffmpeg failed"))
+
+
+def at_frame_rate(frames, fps_in, fps_out):
+    """`frames` (at fps_in) resampled to fps_out: output frame k is the input frame nearest to k / fps_out."""
+    k = 0
+    for j, frame in enumerate(frames):
+        while int(k * fps_in / fps_out + 0.5) == j:
+            yield frame
+            k += 1
+
+
+def training_frames(video):
+    """The frames of `video` at the frame rate training assumes (hparams.fps)."""
+    fps = videoio.video_fps(video)
+    frames = videoio.read_frames(video)
+    return frames if abs(fps - hparams.fps) < 0.01 else at_frame_rate(frames, fps, hparams.fps)
 
 
 def write_face_crops(video, folder, detector, batch_size):
@@ -75,7 +97,7 @@ def write_face_crops(video, folder, detector, batch_size):
             frames += 1
         batch.clear()
 
-    for image in videoio.read_frames(video):
+    for image in training_frames(video):
         batch.append(image)
         if len(batch) == batch_size:
             flush()
@@ -106,9 +128,10 @@ def process_video(video, preprocessed_root, detector, batch_size):
 _worker = {}
 
 
-def _start_worker(devices, s3fd_path, batch_size, preprocessed_root, threads):
+def _start_worker(devices, s3fd_path, batch_size, preprocessed_root, threads, overrides):
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
+    hparams.parse(overrides)  # spawned workers import hparams afresh
     _worker.update(device=devices.get(), s3fd_path=s3fd_path, batch_size=batch_size,
                    preprocessed_root=preprocessed_root, detector=None)
 
@@ -117,7 +140,7 @@ def _run_job(video):
     """(video, error message or None, frames, faces); never raises for a bad video."""
     try:
         if _worker["detector"] is None:  # loaded on first use: a fully resumed run needs none
-            _worker["detector"] = face_detection.load_detector(_worker["s3fd_path"], _worker["device"])
+            _worker["detector"] = face_detection.load_detector(_worker["s3fd_path"], _worker["device"], quiet=True)
         frames, faces = process_video(video, _worker["preprocessed_root"], _worker["detector"],
                                       _worker["batch_size"])
         return video, None, frames, faces
@@ -138,7 +161,9 @@ def main(argv=None):
     parser.add_argument("--s3fd_path", default=None,
                         help="S3FD weights (default: face_detection/detection/sfd/s3fd.pth, else the embedded "
                              "detector)")
+    add_hparams_argument(parser)
     args = parser.parse_args(argv)
+    apply_overrides(args, parser)
     if not os.path.isdir(args.data_root):
         parser.error("--data_root %s is not a folder" % args.data_root)
     if not 0 <= args.shard_index < args.num_shards:
@@ -159,17 +184,20 @@ def main(argv=None):
           % (len(videos), args.shard_index, args.num_shards, len(videos) - len(jobs), len(jobs), len(devices),
              devices[0]))
 
+    detector = load_detector_once(args.s3fd_path, devices[0]) if jobs else None
     threads = max(1, (os.cpu_count() or 1) // len(devices)) if devices[0] == "cpu" else 1
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
     queue = context.Queue()
     for device in devices:
         queue.put(device)
-    worker_args = (queue, args.s3fd_path, args.batch_size, args.preprocessed_root, threads)
+    worker_args = (queue, args.s3fd_path, args.batch_size, args.preprocessed_root, threads, args.hparams)
     if len(devices) == 1 or len(jobs) <= 1:
         _start_worker(*worker_args)
+        _worker["detector"] = detector
         results = map(_run_job, jobs)
         pool = None
     else:
+        del detector  # each worker loads its own
         pool = context.Pool(len(devices), initializer=_start_worker, initargs=worker_args)
         results = pool.imap_unordered(_run_job, jobs)
     failures, frames, faces = [], 0, 0
@@ -188,7 +216,19 @@ def main(argv=None):
           % (len(jobs) - len(failures), frames, faces, len(videos) - len(jobs), len(failures)))
     for video, error in sorted(failures):
         print("  failed %s: %s" % (video, error))
+    if len(failures) == len(videos):
+        sys.exit("error: none of the %d videos could be preprocessed (see the failures above)" % len(videos))
     return failures
+
+
+def load_detector_once(s3fd_path, device):
+    """The face detector, its weights read now: a bad --s3fd_path fails once, before any video."""
+    try:
+        detector = face_detection.load_detector(s3fd_path, device)
+        getattr(detector, "net", None)  # S3FD reads its weights at first use
+    except CheckpointError as e:
+        sys.exit("error: %s" % e)
+    return detector
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lipsync import full_float32
 from .features import mfcc
 
 FPS = 25
@@ -36,7 +37,8 @@ def embed_video(frames_bgr, n_windows, syncnet, batch_size=BATCH_SIZE):
     clip = torch.from_numpy(resized).permute(3, 0, 1, 2)  # (3 B/G/R, T, 224, 224), raw 0..255
     device = _device(syncnet)
     out = []
-    with torch.no_grad():
+    # No TF32 on CUDA: it moves the distances by ~1e-3, beyond the metric's reproducibility.
+    with torch.no_grad(), full_float32():
         for start in range(0, n_windows, batch_size):
             starts = range(start, min(start + batch_size, n_windows))
             batch = torch.stack([clip[:, v:v + WINDOW_FRAMES] for v in starts]).to(device, torch.float32)
@@ -49,7 +51,7 @@ def embed_audio(mfcc_rows, n_windows, syncnet, batch_size=BATCH_SIZE):
     coefficients = torch.from_numpy(np.ascontiguousarray(mfcc_rows.T)).float()  # (13, F)
     device = _device(syncnet)
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), full_float32():
         for start in range(0, n_windows, batch_size):
             steps = [MFCC_STEPS_PER_FRAME * v for v in range(start, min(start + batch_size, n_windows))]
             batch = torch.stack([coefficients[None, :, s:s + AUDIO_WINDOW_STEPS] for s in steps]).to(device)

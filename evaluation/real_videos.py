@@ -7,7 +7,7 @@ frames with faces larger than `min_face_size` pixels are scored, as in the origi
 """
 import os
 import tempfile
-from glob import glob
+from glob import escape, glob
 
 import cv2
 import numpy as np
@@ -152,7 +152,7 @@ def score_real_video(path, syncnet, detector, min_track=MIN_TRACK, min_face_size
         avi = os.path.join(tmp, "video.avi")
         run_ffmpeg(["-i", str(path), "-qscale:v", "2", "-async", "1", "-r", str(FPS), avi], path)
         run_ffmpeg(["-i", avi, "-qscale:v", "2", "-threads", "1", "-f", "image2", os.path.join(tmp, "%06d.jpg")], path)
-        frame_paths = sorted(glob(os.path.join(tmp, "*.jpg")))
+        frame_paths = sorted(glob(os.path.join(escape(tmp), "*.jpg")))
         run_ffmpeg(["-i", avi, "-ac", "1", "-vn", "-acodec", "pcm_s16le", "-ar", "16000", os.path.join(tmp, "audio.wav")],
                    path)
         samples = wavfile.read(os.path.join(tmp, "audio.wav"))[1]

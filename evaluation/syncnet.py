@@ -117,8 +117,4 @@ def load_syncnet(weights, device="cpu"):
         raise SyncNetWeightsError("%s does not match SyncNet v2: %s" % (source, problem))
     full.update(weights)
     model.load_state_dict(full)
-    if str(device).startswith("cuda"):
-        # TF32 convolutions move the distances by ~1e-3, beyond the metric's reproducibility.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
     return model.to(device).eval()

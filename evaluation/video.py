@@ -7,7 +7,7 @@ kept. The ffmpeg binary is the one shipped by imageio-ffmpeg (no system ffmpeg n
 import os
 import subprocess
 import tempfile
-from glob import glob
+from glob import escape, glob
 
 import av
 import cv2
@@ -57,7 +57,7 @@ def read_frames(path, fps=None):
     with tempfile.TemporaryDirectory(prefix="lse_frames_") as tmp:
         rate = ["-r", str(fps)] if fps else []
         run_ffmpeg(["-i", str(path), "-threads", "1"] + rate + ["-f", "image2", os.path.join(tmp, "%06d.jpg")], path)
-        return [cv2.imread(name) for name in sorted(glob(os.path.join(tmp, "*.jpg")))]
+        return [cv2.imread(name) for name in sorted(glob(os.path.join(escape(tmp), "*.jpg")))]
 
 
 def read_audio(path):

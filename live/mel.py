@@ -60,17 +60,18 @@ class StreamingMel:
         return self._final_columns()
 
     def _final_columns(self):
+        hop = audio.hop_size()
         available = self._base + len(self._padded)
-        count = (available - hp.n_fft) // hp.hop_size + 1 - self.columns
+        count = (available - hp.n_fft) // hop + 1 - self.columns
         if count <= 0:
             return self._empty()
-        start = self.columns * hp.hop_size - self._base
-        stop = start + (count - 1) * hp.hop_size + hp.n_fft
+        start = self.columns * hop - self._base
+        stop = start + (count - 1) * hop + hp.n_fft
         mel = audio.mel_from_magnitude(audio.stft_magnitude(self._padded[start:stop]))
         self.columns += count
         # Keep only what the next column needs.
-        self._padded = self._padded[self.columns * hp.hop_size - self._base:]
-        self._base = self.columns * hp.hop_size
+        self._padded = self._padded[self.columns * hop - self._base:]
+        self._base = self.columns * hop
         return mel
 
     @staticmethod

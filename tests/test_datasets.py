@@ -207,3 +207,22 @@ def test_read_filelist_errors(tmp_path):
     (lists / "train.txt").write_text("spk/00001 NF\nspk/00002\n")  # LRS2 lists carry a second column
     assert data.read_filelist(str(tmp_path), str(lists), "train") == [str(tmp_path / "spk" / "00001"),
                                                                       str(tmp_path / "spk" / "00002")]
+
+
+def test_empty_audio_is_counted_and_skipped_not_a_crash(tmp_path, capfd):
+    """A valid but empty audio.wav (and one too short for a mel window) is skipped like other
+    unusable videos; an empty wav whose header the scan cannot read is skipped when first drawn."""
+    good = str(tmp_path / "spk" / "good")
+    write_video(good, range(FRAMES))
+    empty, short, empty_float = (str(tmp_path / "spk" / name) for name in ("empty", "short", "float"))
+    for folder, samples, subtype in ((empty, 0, "PCM_16"), (short, 2999, "PCM_16"), (empty_float, 0, "FLOAT")):
+        write_video(folder, range(FRAMES))
+        os.remove(mel_cache_path(folder))  # the mel must come from this audio.wav
+        soundfile.write(os.path.join(folder, "audio.wav"), np.zeros(samples, np.float32), 16000, subtype=subtype)
+    dataset = SyncNetDataset([good, empty, short, empty_float], "train")
+    assert dataset.summary == "train: 2 of 4 videos usable (skipped: 2 audio.wav shorter than one mel window)"
+    for i in range(20):  # index 1 starts at the float wav's video: it is dropped, and the draw moves on
+        face, mel, label = dataset[i]
+        assert mel.shape == (1, 80, 16)
+    assert "skipping video %s: unreadable audio.wav" % empty_float in capfd.readouterr().err
+    assert [v.folder for v in dataset.videos if not v.bad] == [good]

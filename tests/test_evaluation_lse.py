@@ -120,3 +120,28 @@ def test_other_frame_rates_are_rejected_or_resampled(net):
     with pytest.raises(MediaError, match="29.97 fps but LSE assumes 25 fps"):
         score_video(clip, net)
     assert 75 <= len(video.read_frames(clip, fps=25)) <= 78  # 3.0 s video, 3.04 s container
+
+
+@pytest.fixture
+def tf32_on():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_tf32_is_off_while_scoring_and_restored_after(net, sources, tf32_on):
+    """As in inference: full float32 inside the SyncNet passes, the process's setting untouched
+    (on a GPU, test_gpu.py checks that loading leaves it alone too)."""
+    seen = []
+    hooks = [branch.register_forward_pre_hook(lambda module, args: seen.append(
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)))
+        for branch in (net.netcnnlip, net.netcnnaud)]
+    src = sources["synth"]
+    try:
+        score_arrays(src["frames_bgr"][:6], src["audio_int16"][:6 * 640], net)  # one window
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(seen) == 2 and set(seen) == {(False, False)}
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32

@@ -58,3 +58,17 @@ def test_video_pipeline_computes_in_full_float32_on_cuda(check, tmp_path):
                                         progress=False)
         assert stats["frames"] > 200 and seen and set(seen) == {fast}
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+
+
+def test_syncnet_on_cuda_scores_in_full_float32_and_leaves_tf32_alone():
+    from evaluation import load_syncnet, score_arrays
+    from test_evaluation_weights import LSE, rule_state_dict
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    syncnet = load_syncnet(rule_state_dict(), device="cuda")
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    seen = []
+    syncnet.netcnnlip.register_forward_pre_hook(lambda module, args: seen.append(torch.backends.cudnn.allow_tf32))
+    src = np.load(LSE / "synth_source.npz")
+    score_arrays(src["frames_bgr"][:6], src["audio_int16"][:6 * 640], syncnet)
+    assert seen == [False] and torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32

@@ -41,6 +41,22 @@ def decode(path):
     return frames, fps, audio_seconds
 
 
+def ffmpeg_samples(path):
+    """Samples of the audio track at 16 kHz as the ffmpeg tool decodes it (not our decoder)."""
+    import imageio_ffmpeg
+
+    pcm = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(path), "-vn",
+                          "-ac", "1", "-ar", "16000", "-f", "s16le", "-"], capture_output=True, check=True).stdout
+    return len(pcm) // 2
+
+
+def spec_frames(samples, fps):
+    """Output frames the spec gives for `samples` of 16 kHz speech, in closed form: T = 1 + n // 200
+    mel columns; every i with int(80 i / fps) + 16 <= T, i.e. i < (T - 15) fps / 80, plus the last."""
+    columns = 1 + samples // 200
+    return -(-(columns - 15) * fps // 80) + 1
+
+
 def psnr(diff):
     return 10 * np.log10(255.0 ** 2 / max(np.mean(diff ** 2), 1e-12))
 
@@ -64,12 +80,11 @@ def test_video_to_speech_end_to_end(checkpoints, tmp_path):
     frames, fps, audio_seconds = decode(outfile)
     source, source_fps, _ = decode(FACE_VIDEO)
 
-    speech = inference.load_speech(str(SPEECH_VIDEO))
-    mel = inference.audio.melspectrogram(speech)
-    assert len(frames) == len(inference.mel_chunks(mel, source_fps))
-    assert fps == source_fps
+    samples = ffmpeg_samples(SPEECH_VIDEO)
+    assert fps == source_fps == 25.0
+    assert len(frames) == spec_frames(samples, 25)
     assert frames[0].shape == source[0].shape
-    assert abs(audio_seconds - len(speech) / 16000) <= 1 / fps
+    assert abs(audio_seconds - samples / 16000) <= 1 / fps
 
     y1, y2, x1, x2 = BOX
     # Codec loss only outside the box (an 8-pixel margin for H.264 blocks straddling its edge).
@@ -92,9 +107,9 @@ def test_image_with_detection_and_longer_audio(checkpoints, tmp_path):
     frames, fps, audio_seconds = decode(outfile)
     assert frames[0].shape == (240, 427, 3)
     assert fps == 25.0
-    assert len(frames) == len(inference.mel_chunks(inference.audio.melspectrogram(
-        inference.load_speech(str(MEDIA / "video_01.mp4"))), 25.0))
-    assert abs(audio_seconds - 3.04) < 0.04
+    samples = ffmpeg_samples(MEDIA / "video_01.mp4")
+    assert len(frames) == spec_frames(samples, 25)
+    assert abs(samples / 16000 - 3.04) < 0.04 and abs(audio_seconds - samples / 16000) <= 1 / fps
 
 
 class NoFaceInSecondHalf:
@@ -208,22 +223,22 @@ def test_cli_exit_status_and_usage_errors(checkpoints, tmp_path):
     assert result.returncode == 2 and "unknown hparam" in result.stderr
 
 
-def test_embedded_detector_runs_without_s3fd_weights(checkpoints, tmp_path):
+def test_embedded_detector_runs_without_s3fd_weights(checkpoints, tmp_path, capsys, monkeypatch):
+    """Whether or not s3fd.pth is installed: its conventional place is pointed elsewhere here."""
     import face_detection
 
-    assert not (REPO / "face_detection" / "detection" / "sfd" / "s3fd.pth").exists()
+    monkeypatch.setattr(face_detection, "DEFAULT_S3FD_PATH", str(tmp_path / "sfd" / "s3fd.pth"))
     outfile = tmp_path / "detected.mp4"
-    result = run_cli("--checkpoint_path", checkpoints / "wav2lip.pth", "--face", MEDIA / "swiz3n.mpg",
-                     "--audio", SPEECH_VIDEO, "--outfile", outfile, "--face_det_batch_size", 8,
-                     cache_home=tmp_path / "cache")
-    assert result.returncode == 0, result.stderr
-    assert len(list((tmp_path / "cache" / "wav2lip" / "detections").glob("*.npz"))) == 1
-    notice = [line for line in result.stderr.splitlines() if "face detection:" in line]
+    code = inference.main(["--checkpoint_path", str(checkpoints / "wav2lip.pth"), "--face", str(MEDIA / "swiz3n.mpg"),
+                           "--audio", str(SPEECH_VIDEO), "--outfile", str(outfile), "--face_det_batch_size", "8",
+                           "--cache_dir", str(tmp_path / "cache"), "--quiet"])
+    assert code == 0
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 1
+    notice = [line for line in capsys.readouterr().err.splitlines() if "face detection:" in line]
     assert len(notice) == 1 and "embedded dlib HOG" in notice[0] and "s3fd.pth" in notice[0]
     frames, _, _ = decode(outfile)
     source, _, _ = decode(MEDIA / "swiz3n.mpg")
-    assert len(frames) == len(inference.mel_chunks(
-        inference.audio.melspectrogram(inference.load_speech(str(SPEECH_VIDEO))), 25.0))
+    assert len(frames) == spec_frames(ffmpeg_samples(SPEECH_VIDEO), 25)
     box = face_detection.load_detector(quiet=True).detect([source[0]])[0]
     x1, y1, x2, y2 = box
     changed = np.abs(frames[0].astype(np.int16) - source[0].astype(np.int16)).mean(axis=2) > 12
@@ -231,3 +246,80 @@ def test_embedded_detector_runs_without_s3fd_weights(checkpoints, tmp_path):
     # Smoothing moves the box by a few pixels: allow a margin, nothing changes beyond it.
     changed[max(0, y1 - 16):y2 + 26, max(0, x1 - 16):x2 + 16] = False
     assert changed.mean() < 0.005
+
+    # With weights at the conventional place, that is what detects.
+    (tmp_path / "sfd").mkdir()
+    (tmp_path / "sfd" / "s3fd.pth").write_bytes((checkpoints / "s3fd.pth").read_bytes())
+    assert face_detection.load_detector(quiet=True).name == "S3FD"
+
+
+# --------------------------------------------------------------------------- options on real media
+@pytest.fixture
+def one_second_speech(tmp_path):
+    """The first 16000 samples of jfk.wav as a 16 kHz wav: 81 mel columns, so 22 frames at 25 fps."""
+    import soundfile
+
+    path = tmp_path / "speech.wav"
+    soundfile.write(str(path), soundfile.read(str(MEDIA / "jfk.wav"), frames=16000, dtype="int16")[0], 16000)
+    return path
+
+
+@pytest.fixture
+def restore_hparams():
+    from hparams import hparams
+
+    saved = hparams.values()
+    yield
+    hparams.__dict__.update(saved)
+
+
+def lipsync(checkpoints, face, speech, outfile, *options):
+    code = inference.main(["--checkpoint_path", str(checkpoints / "wav2lip.pth"), "--face", str(face),
+                           "--audio", str(speech), "--outfile", str(outfile), "--quiet", *map(str, options)])
+    assert code == 0
+    return decode(outfile)[0]
+
+
+def test_rotation_metadata_then_rotate_then_crop(checkpoints, tmp_path, one_second_speech):
+    """grid_bbaf2n_rot90.mp4 decodes turned a quarter counter-clockwise (its rotation tag);
+    --rotate turns it back clockwise; --crop then cuts the upright frame: bbaf2n.mpg's pixels."""
+    top, bottom, left, right = 40, 260, 80, 300
+    y1, y2, x1, x2 = BOX[0] - top, BOX[1] - top, BOX[2] - left, BOX[3] - left
+    frames = lipsync(checkpoints, MEDIA / "grid_bbaf2n_rot90.mp4", one_second_speech, tmp_path / "r.mp4",
+                     "--rotate", "--crop", top, bottom, left, right, "--box", y1, y2, x1, x2)
+    source, _, _ = decode(FACE_VIDEO)
+    assert len(frames) == spec_frames(16000, 25) == 22
+    assert frames[0].shape == (bottom - top, right - left, 3)
+    outside = np.ones(frames[0].shape[:2], bool)
+    outside[y1 - 8:y2 + 8, x1 - 8:x2 + 8] = False
+    for out, src in zip(frames, source):
+        expected = src[top:bottom, left:right].astype(np.float64)
+        assert psnr(out.astype(np.float64)[outside] - expected[outside]) > 30.0
+        assert np.abs(out[y1:y2, x1:x2] - expected[y1:y2, x1:x2]).mean() > 4.0
+
+
+def test_static_video_and_hparams_overrides_reach_the_output(checkpoints, tmp_path, one_second_speech,
+                                                             restore_hparams):
+    """--static uses the first frame of a video whose people move (video_01.mp4, 29.97 fps) for
+    every output frame; --hparams preemphasize=false changes the mel and so the generated mouth,
+    nothing else."""
+    face, box = MEDIA / "video_01.mp4", (100, 196, 250, 346)
+    static = lipsync(checkpoints, face, one_second_speech, tmp_path / "s.mp4", "--static", "--box", *box)
+    source, fps, _ = decode(face)
+    assert len(static) == spec_frames(16000, fps) == 26
+    y1, y2, x1, x2 = box
+    outside = np.ones(source[0].shape[:2], bool)
+    outside[y1 - 8:y2 + 8, x1 - 8:x2 + 8] = False
+    first = source[0].astype(np.float64)[outside]
+    for out in static:
+        assert psnr(out.astype(np.float64)[outside] - first) > 35.0
+    assert psnr(source[len(static) - 1].astype(np.float64)[outside] - first) < 30.0  # the video itself moves
+
+    plain = lipsync(checkpoints, face, one_second_speech, tmp_path / "p.mp4", "--static", "--box", *box,
+                    "--hparams", "preemphasize=false")
+    mouth = slice((y1 + y2) // 2, y2), slice(x1, x2)
+    moved = np.mean([np.abs(a[mouth].astype(np.int16) - b[mouth].astype(np.int16)).mean()
+                     for a, b in zip(plain, static)])
+    assert moved > 1.0, "preemphasize=false did not change the generated mouths"
+    for a, b in zip(plain, static):
+        assert psnr(a.astype(np.float64)[outside] - b.astype(np.float64)[outside]) > 40.0

@@ -57,22 +57,29 @@ def test_face_boxes_match_e2e_golden(path):
 
 
 def test_face_boxes_smoothing_edge_cases():
+    """Videos under 5 frames, worked out by hand from the spec: the window is the slice from
+    N - 5 in Python's negative-index sense, of the array as it stands."""
     det = np.array([[10, 20, 30, 40], [12, 22, 32, 42], [14, 24, 34, 44]])
-    got = inference.face_boxes(det, (100, 100), pads=(0, 0, 0, 0))
-    # N = 3: boxes 0..2 average over the slice [-2:] of the array as it stands.
-    boxes = np.array([[20, 40, 10, 30], [22, 42, 12, 32], [24, 44, 14, 34]])
-    for i in range(3):
-        boxes[i] = np.mean(boxes[-2:], axis=0)
-    np.testing.assert_array_equal(got, boxes)
+    # N = 3: every box is the truncated mean of the last two rows: (22 + 24) / 2 = 23, then again 23.
+    np.testing.assert_array_equal(inference.face_boxes(det, (100, 100), pads=(0, 0, 0, 0)), [[23, 43, 13, 33]] * 3)
+    # N = 4: every box becomes the last row.
+    det = np.array([[10 + 2 * k, 20 + 2 * k, 30 + 2 * k, 40 + 2 * k] for k in range(4)])
+    np.testing.assert_array_equal(inference.face_boxes(det, (100, 100), pads=(0, 0, 0, 0)), [[26, 46, 16, 36]] * 4)
+    # N = 1 and 2: the whole array (for 2, the second mean already sees the smoothed first box).
+    np.testing.assert_array_equal(inference.face_boxes(det[:1], (100, 100), pads=(0, 0, 0, 0)), [[20, 40, 10, 30]])
+    np.testing.assert_array_equal(inference.face_boxes(det[:2], (100, 100), pads=(0, 0, 0, 0)),
+                                  [[21, 41, 11, 31], [21, 41, 11, 31]])
 
 
 def test_face_boxes_with_gaps_keeps_none_and_smooths_runs():
-    det = [(10, 20, 30, 40), None, (12, 22, 32, 42), (14, 24, 34, 44)]
-    got = inference.face_boxes_with_gaps(det, (100, 100), pads=(0, 10, 0, 0))
-    assert got[1] is None
-    assert got[0] == (20, 50, 10, 30)
-    np.testing.assert_array_equal(np.array(got[2:]),
-                                  inference.face_boxes(det[2:], (100, 100), pads=(0, 10, 0, 0)))
+    """A face in frame 0, none in frame 1, then a run of 6: boxes worked out by hand (pads 0 10 0 0)."""
+    run = [(10 + k, 20 + 2 * k, 30 + k, 40 + 2 * k) for k in range(6)]  # padded: y 20+2k..50+2k, x 10+k..30+k
+    got = inference.face_boxes_with_gaps([(10, 20, 30, 40), None] + run, (100, 100), pads=(0, 10, 0, 0))
+    assert got[:2] == [(20, 50, 10, 30), None]  # a run of one keeps its box
+    # Boxes 0 and 1 average rows 0-4 and 1-5; from box 2 on the window is the last five rows as
+    # they stand, already holding smoothed boxes (means truncated: 26.8, 27.2, 27.4, 27.2 ...).
+    assert got[2:] == [(24, 54, 12, 32), (26, 56, 13, 33), (26, 56, 13, 33), (27, 57, 13, 33), (27, 57, 13, 33),
+                       (27, 57, 13, 33)]
 
 
 @pytest.fixture(scope="module")

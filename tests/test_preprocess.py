@@ -12,7 +12,7 @@ import soundfile
 import audio
 from conftest import MEDIA, REPO
 from training import filelists
-from preprocess import list_videos
+from preprocess import list_videos, main as preprocess_main
 
 NO_FACE = (5, 6, 7)  # frames blacked out in the first video
 
@@ -143,3 +143,53 @@ def test_filelists_split_by_speaker_deterministically(tmp_path, capsys):
     assert len(splits) > 1  # ... and the seed matters
     with pytest.raises(SystemExit, match="at least 3 speaker folders"):
         filelists.main(["--preprocessed_root", str(root / "spk0"), "--out_dir", str(tmp_path / "c")])
+
+
+def test_other_frame_rates_are_converted_to_25_fps(tmp_path, capsys):
+    """Training reads frame k at mel column int(80 k / 25): a 30 fps video comes out at 25 fps."""
+    main = tmp_path / "lrs2" / "main"
+    (main / "spk").mkdir(parents=True)
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(MEDIA / "bbaf2n.mpg"),
+                    "-t", "1.0", "-r", "30", "-c:v", "libx264", "-crf", "18", "-c:a", "aac",
+                    str(main / "spk" / "00001.mp4")], check=True)
+    out = tmp_path / "preprocessed"
+    preprocess_main(["--data_root", str(main), "--preprocessed_root", str(out)])
+    assert "done: 1 processed (25 frames, 25 with a face)" in capsys.readouterr().out
+    assert jpg_numbers(out / "spk" / "00001") == list(range(25))
+    assert abs(soundfile.info(str(out / "spk" / "00001" / "audio.wav")).duration - 1.0) < 0.05
+
+
+def test_frame_rate_conversion_takes_the_frame_nearest_in_time():
+    from preprocess import at_frame_rate
+
+    for fps_in, count in ((30, 30), (29.97, 60), (50, 20), (20, 12)):
+        got = list(at_frame_rate(range(count), fps_in, 25))
+        times = np.arange(count) / fps_in
+        expected = [int(np.argmin(np.abs(times - k / 25))) for k in range(len(got))]
+        assert got == expected
+        # As many frames as the input lasts at 25 fps (within one).
+        assert abs(len(got) - count * 25 / fps_in) <= 1
+
+
+def test_a_data_root_with_brackets_finds_its_videos(tmp_path):
+    root = tmp_path / "corpus [2024]" / "main"
+    (root / "spk").mkdir(parents=True)
+    (root / "spk" / "00001.mp4").write_bytes(b"")
+    assert list_videos(str(root)) == [str(root / "spk" / "00001.mp4")]
+
+
+def test_nothing_processed_and_bad_detector_weights_exit_1(tmp_path, capsys):
+    main = tmp_path / "main"
+    (main / "spk").mkdir(parents=True)
+    for name in ("00001.mp4", "00002.mp4"):
+        (main / "spk" / name).write_bytes(np.random.default_rng(1).bytes(3000))
+    args = ["--data_root", str(main), "--preprocessed_root", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=r"^error: none of the 2 videos could be preprocessed \(see the failures "
+                                         r"above\)$"):
+        preprocess_main(args)
+    assert "done: 0 processed (0 frames, 0 with a face), 0 already complete, 2 failed" in capsys.readouterr().out
+
+    # A detector that cannot load fails once, before any video, not once per video.
+    with pytest.raises(SystemExit, match=r"^error: no checkpoint file at .*s3fd.pth; check the path$"):
+        preprocess_main(args + ["--s3fd_path", str(tmp_path / "s3fd.pth")])
+    assert "done:" not in capsys.readouterr().out

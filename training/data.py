@@ -9,6 +9,7 @@ import hashlib
 import os
 import random
 import sys
+import wave
 from functools import lru_cache
 
 import cv2
@@ -26,9 +27,6 @@ MIN_FRAMES = 3 * SYNCNET_T + 1  # the original skips videos with 15 or fewer fac
 MAX_ATTEMPTS = 1000  # consecutive rejected draws before giving up instead of looping forever
 # uint8 -> float32 exactly as the original's `/ 255.` in float64 followed by FloatTensor.
 UINT8_TO_UNIT = (np.arange(256) / 255.0).astype(np.float32)
-AUDIO_HPARAMS = ("sample_rate", "num_mels", "n_fft", "hop_size", "win_size", "fmin", "fmax", "preemphasize",
-                 "preemphasis", "min_level_db", "ref_level_db", "signal_normalization",
-                 "allow_clipping_in_normalization", "symmetric_mels", "max_abs_value")
 
 
 class DataError(ValueError):
@@ -57,8 +55,8 @@ def frame_numbers(video_dir):
 
 
 def mel_cache_path(video_dir):
-    # The audio hparams are part of the name so that changing them never reuses a stale mel.
-    key = hashlib.sha1(repr([hp.values()[k] for k in AUDIO_HPARAMS]).encode()).hexdigest()[:10]
+    # What the mel is computed with is part of the name, so that changing it never reuses a stale mel.
+    key = hashlib.sha1(repr(sorted(audio.mel_settings().items())).encode()).hexdigest()[:10]
     return os.path.join(video_dir, "mel_%s.npy" % key)
 
 
@@ -88,10 +86,23 @@ def _load_mel(video_dir, cache_path):
 
 def mel_window(mel, frame):
     """The 16 mel columns that start at video frame `frame` (80 columns per second), or None."""
-    start = int(80.0 * (frame / float(hp.fps)))
+    start = int(audio.mel_columns_per_second() * (frame / float(hp.fps)))
     if frame < 0 or start + MEL_STEP > mel.shape[1]:
         return None
     return mel[:, start:start + MEL_STEP]
+
+
+def audio_too_short(wav_path):
+    """Whether a PCM audio.wav holds less than one mel window (0.2 s), an empty one say.
+
+    False when the header cannot tell (not a PCM wav): such a file is judged when its mel is
+    computed."""
+    try:
+        with wave.open(wav_path) as f:
+            seconds = f.getnframes() / f.getframerate()
+    except (wave.Error, EOFError, OSError, ZeroDivisionError):
+        return False
+    return seconds * audio.mel_columns_per_second() < MEL_STEP - 1
 
 
 class Video:
@@ -117,12 +128,16 @@ class Video:
 
 def scan_videos(folders, split, progress=False):
     """Videos usable for training and a one-line account of the skipped ones."""
-    videos, skipped = [], {"missing folder": 0, "no audio.wav": 0, "fewer than %d face frames" % MIN_FRAMES: 0}
+    short = "audio.wav shorter than one mel window"
+    videos, skipped = [], {"missing folder": 0, "no audio.wav": 0, short: 0,
+                           "fewer than %d face frames" % MIN_FRAMES: 0}
     for folder in tqdm(folders, desc="scanning %s videos" % split, disable=not progress, leave=False):
         if not os.path.isdir(folder):
             skipped["missing folder"] += 1
         elif not os.path.isfile(os.path.join(folder, "audio.wav")):
             skipped["no audio.wav"] += 1
+        elif audio_too_short(os.path.join(folder, "audio.wav")):
+            skipped[short] += 1
         else:
             frames = frame_numbers(folder)
             if len(frames) < MIN_FRAMES:
