@@ -190,17 +190,32 @@ class FaceSource:
                 raise InferenceError("%s has no decodable video frames" % self.path)
 
 
-def detect_faces(source, detector, count, batch_size, progress=True, clock=None):
-    """Detector boxes (x1, y1, x2, y2) or None for the first `count` input frames; also the frame shape."""
+def detection_span(source, count, batch_size):
+    """How many frames are detected for `count` output frames: whole batches (1 when static)."""
+    return 1 if source.static else -(-count // batch_size) * batch_size
+
+
+def detect_faces(source, detector, count, batch_size, progress=True, clock=None, check_first=None):
+    """Every face of the first input frames ([(x1, y1, x2, y2, score), ...] per frame, best first),
+    in whole batches of `batch_size` covering at least `count` frames (fewer only at the end of
+    the video), so that a frame's faces never depend on `count` (S3FD's ties and --fast's
+    keyframes depend on the batch); also the frame shape. `check_first(faces, shape)` sees the
+    first frame's faces as soon as they are known."""
+    from face_detection.select import all_faces_of
+
     detections, batch, shape = [], [], None
     clock = clock or StageClock()
-    bar = progress_bar(progress, "detect", 1 if source.static else count, "face detection")
+    target = detection_span(source, count, batch_size)
+    bar = progress_bar(progress, "detect", target, "face detection")
 
     def flush():
+        first = not detections
         with clock("detect"):
-            detections.extend(detector.detect(batch))
+            detections.extend(all_faces_of(detector, batch))
         bar.update(len(batch))
         batch.clear()
+        if first and check_first is not None:
+            check_first(detections[0], shape)
 
     # Closed here, not by the garbage collector, so that an error stops the decoder thread at once.
     with closing(in_background(timed(source.frames(), clock, "decode"), DECODE_AHEAD)) as frames:
@@ -212,7 +227,7 @@ def detect_faces(source, detector, count, batch_size, progress=True, clock=None)
             batch.append(frame)
             if len(batch) == batch_size:
                 flush()
-            if len(detections) + len(batch) == count:
+            if len(detections) + len(batch) == target:
                 break
     if batch:
         flush()
@@ -222,20 +237,25 @@ def detect_faces(source, detector, count, batch_size, progress=True, clock=None)
     return detections, shape
 
 
-def find_faces(source, detector, count, batch_size, progress, clock, cache=None):
-    """detect_faces through the detection cache, when one is given and the detector names itself."""
+def find_faces(source, detector, count, batch_size, progress, clock, cache=None, check_first=None):
+    """The faces of the first `count` frames (see detect_faces) through the detection cache, when
+    one is given and the detector names itself; a cached prefix equals a fresh detection."""
     detector_key = getattr(detector, "cache_key", None)
     if cache is None or detector_key is None or source.image is not None:
-        return detect_faces(source, detector, count, batch_size, progress, clock)
+        detections, shape = detect_faces(source, detector, count, batch_size, progress, clock, check_first)
+        return detections[:count], shape
     settings = {"detector": detector_key, "batch_size": batch_size, "static": source.static, **source.prepare}
     with clock("detect"):
         key = cache.key(source.path, settings)
         hit = cache.load(key, count)
     if hit is not None:
+        if check_first is not None:
+            check_first(hit[0][0], hit[1])
         return hit
-    detections, shape = detect_faces(source, detector, count, batch_size, progress, clock)
-    cache.save(key, detections, shape, complete=len(detections) < count)
-    return detections, shape
+    detections, shape = detect_faces(source, detector, count, batch_size, progress, clock, check_first)
+    span = detection_span(source, count, batch_size)
+    cache.save(key, detections, shape, complete=source.static or len(detections) < span)
+    return detections[:count], shape
 
 
 def lipsync_video(model, face_path, audio_path, outfile, detector=None, options=SyncOptions(), *, progress=True,
@@ -280,12 +300,21 @@ def lipsync_video(model, face_path, audio_path, outfile, detector=None, options=
 
 def input_boxes(source, detector, count, options=SyncOptions(), progress=True, clock=None, cache_dir=None):
     """Paste boxes (y1, y2, x1, x2, or None without a face) of the first `count` input frames, and
-    the frame shape: detected (through the cache in `cache_dir`), padded and smoothed, or the
-    fixed --box (one box for every frame)."""
+    the frame shape: detected (every face, through the cache in `cache_dir`), the face that
+    options.face_select chooses, padded and smoothed; or the fixed --box (one box for every frame)."""
     clock = clock or StageClock()
     if options.detect:
-        detections, shape = _detections(source, detector, count, options, progress, clock, cache_dir)
-        return face_boxes_with_gaps(detections, shape, options.pads, options.nosmooth), shape
+        from face_detection.select import SelectionError, check_first, select_faces
+
+        def check(faces, shape):
+            try:
+                check_first(options.face_select, faces, shape)
+            except SelectionError as e:
+                raise InferenceError("%s (%s)" % (e, source.path))
+
+        faces, shape = _detections(source, detector, count, options, progress, clock, cache_dir, check)
+        chosen = select_faces(options.face_select, faces, shape)
+        return face_boxes_with_gaps(chosen, shape, options.pads, options.nosmooth), shape
     with closing(source.frames()) as frames:
         first = next(frames, None)
     if first is None:
@@ -309,7 +338,7 @@ def fixed_box(box, shape):
     return clipped
 
 
-def _detections(source, detector, count, options, progress, clock, cache_dir):
+def _detections(source, detector, count, options, progress, clock, cache_dir, check_first=None):
     if detector is None:
         raise InferenceError("no face detector given and no --box")
     from face_detection.cache import DetectionCache
@@ -321,7 +350,7 @@ def _detections(source, detector, count, options, progress, clock, cache_dir):
         detector = FastDetector(detector, FAST_SHORT_SIDE if isinstance(detector, S3FDDetector) else None)
         batch_size = max(batch_size, FAST_BATCH)
     cache = DetectionCache(cache_dir) if cache_dir and _writable_cache(cache_dir) else None
-    return find_faces(source, detector, count, batch_size, progress, clock, cache)
+    return find_faces(source, detector, count, batch_size, progress, clock, cache, check_first)
 
 
 _UNWRITABLE_CACHES = set()
@@ -357,8 +386,8 @@ def _render(model, source, windows, boxes, shape, outfile, audio_path, options, 
     frames = in_background(timed(source.cycle(count), clock, "decode"), DECODE_AHEAD)
     items = ((frame, windows[i], boxes[index % len(boxes)]) for i, (index, frame) in enumerate(frames))
     # A video's frames are decoded afresh for every use; a static input's one frame is reused.
-    outputs = in_background(lipsync_stream(generator, items, batch_size, clock, copy_frames=source.static),
-                            batch_size)
+    outputs = in_background(lipsync_stream(generator, items, batch_size, clock, copy_frames=source.static,
+                                           options=options), batch_size)
     # Both threads are stopped and joined on leaving, the consumer's first: an error stops them at once.
     with closing(frames), closing(outputs), videoio.VideoWriter(
             outfile, source.fps, width, height, audio_path=audio_path, preset=FAST_PRESET if options.fast else PRESET,

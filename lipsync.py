@@ -8,6 +8,7 @@ import functools
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -214,16 +215,22 @@ def generate(model, crops, mels):
     return (pred.float().cpu().numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
 
 
-def paste(frame, patch, box):
-    """Resize the generated `patch` into `box` of `frame`, in place (the original's hard paste)."""
+def paste(frame, patch, box, options=None):
+    """Resize the generated `patch` into `box` of `frame`, in place: the original's hard paste
+    when `options` (a SyncOptions) is None or has blend "rect", else see blend_face."""
     y1, y2, x1, x2 = box
-    frame[y1:y2, x1:x2] = cv2.resize(patch, (x2 - x1, y2 - y1))
+    face = cv2.resize(patch, (x2 - x1, y2 - y1))
+    if options is None or options.blend == "rect":
+        frame[y1:y2, x1:x2] = face
+    else:
+        region = frame[y1:y2, x1:x2]
+        region[:] = blend_face(region, face, options)
     return frame
 
 
-def generate_batch(model, batch, clock=None):
+def generate_batch(model, batch, clock=None, options=None):
     """Run the model on the (frame, mel, box) items of `batch` that have a usable box and paste
-    the results into their frames, in place; return the frames."""
+    the results into their frames (blended as `options` says), in place; return the frames."""
     clock = clock or StageClock()
     with_face = [(frame, mel, box) for frame, mel, box in batch if usable(box)]
     if with_face:
@@ -231,31 +238,103 @@ def generate_batch(model, batch, clock=None):
             patches = generate(model, [face_crop(f, b) for f, _, b in with_face], [m for _, m, _ in with_face])
         with clock("paste"):
             for (frame, _, box), patch in zip(with_face, patches):
-                paste(frame, patch, box)
+                paste(frame, patch, box, options)
     return [frame for frame, _, _ in batch]
 
 
-def lipsync_stream(model, items, batch_size=128, clock=None, copy_frames=True):
+def lipsync_stream(model, items, batch_size=128, clock=None, copy_frames=True, options=None):
     """Yield output frames for an iterable of (frame, mel window, box or None), in bounded batches.
 
     Frames are copied before pasting (unless `copy_frames` is False: frames nobody else holds);
     a None (or empty) box passes the frame through unchanged. The model computes in the dtype
-    of its weights (reduced precision for --fast: see inference_model); `clock` times stages."""
+    of its weights (reduced precision for --fast: see inference_model); `clock` times stages;
+    `options` (a SyncOptions) chooses the blend (None: the original's paste)."""
     clock = clock or StageClock()
     batch = []
     for frame, mel, box in items:
         batch.append((frame.copy() if copy_frames else np.ascontiguousarray(frame), mel, box))
         if len(batch) == batch_size:
-            yield from generate_batch(model, batch, clock)
+            yield from generate_batch(model, batch, clock, options)
             batch = []
     if batch:
-        yield from generate_batch(model, batch, clock)
+        yield from generate_batch(model, batch, clock, options)
 
 
-def lipsync_frames(model, frames, mels, boxes, batch_size=128):
+def lipsync_frames(model, frames, mels, boxes, batch_size=128, options=None):
     """Output frames: frame i from frames[i % len(frames)], mels[i] and boxes[i % len(boxes)] (y1, y2, x1, x2)."""
     items = ((frames[i % len(frames)], mels[i], boxes[i % len(boxes)]) for i in range(len(mels)))
-    return lipsync_stream(model, items, batch_size)
+    return lipsync_stream(model, items, batch_size, options=options)
+
+
+# --------------------------------------------------------------------------- blending
+# The model redraws the lower half of its 96x96 face (its input has that half masked), so only
+# that region is taken from it; the upper face keeps the input's sharper pixels.
+def blend_face(region, face, options):
+    """The box's pixels: the input `region` with the generated `face` (both uint8, box-sized)
+    blended in through lower_face_mask, after colour matching (options.color_match) and, for
+    blend "seamless", Poisson blending. Where the mask is 0 the input stays exactly as it was."""
+    height, width = region.shape[:2]
+    mask = lower_face_mask(height, width, options.mask_shape, options.mask_edge)
+    if options.color_match:
+        face = match_colors(face, region, mask)
+    if options.blend == "seamless":
+        face = poisson_blend(face, region, mask)
+    weight = mask[..., None]
+    return np.rint(region * (1.0 - weight) + face * weight).astype(np.uint8)
+
+
+@lru_cache(maxsize=8)  # a still face or an avatar reuses its box; 8 masks of a large face: 10 MB
+def lower_face_mask(height, width, shape="ellipse", edge=0.1):
+    """Weights (height, width) float32 of the generated face in a box: 1 inside the lower half's
+    ellipse (or box), shrunk by the edge width (`edge` x the box width) and blurred over it, so
+    the soft edge stays inside the lower half and every row above the middle is 0."""
+    top = height // 2
+    margin = min(int(round(edge * width)), (height - top) // 4, width // 4)  # the core keeps its 1s
+    mask = np.zeros((height, width), np.float32)
+    if shape == "box":
+        mask[top + margin:height - margin, margin:width - margin] = 1.0
+    else:
+        centre = (width // 2, top + (height - top) // 2)
+        axes = (max(0, width // 2 - margin), max(0, (height - top) // 2 - margin))
+        cv2.ellipse(mask, centre, axes, 0, 0, 360, 1.0, -1)
+    if margin:  # a Gaussian cut at `margin` pixels: the weights fall to 0 within the margin
+        mask = cv2.GaussianBlur(mask, (2 * margin + 1, 2 * margin + 1), margin / 2, borderType=cv2.BORDER_CONSTANT)
+    mask.setflags(write=False)
+    return mask
+
+
+def match_colors(face, region, mask):
+    """`face` shifted and scaled, per channel of CIE Lab, to the mean and spread that the input
+    `region` has where `mask` is above 0 (so the redrawn mouth takes the input face's colour)."""
+    inside = mask > 0
+    if inside.sum() < 2:
+        return face
+    lab_face = cv2.cvtColor(face.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
+    lab_input = cv2.cvtColor(region.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
+    mean_face, std_face = lab_face[inside].mean(0), lab_face[inside].std(0)
+    mean_input, std_input = lab_input[inside].mean(0), lab_input[inside].std(0)
+    scale = np.clip(std_input / np.maximum(std_face, 1e-3), 0.5, 2.0)   # a flat patch is not stretched
+    matched = (lab_face - mean_face) * scale + mean_input
+    bgr = cv2.cvtColor(matched.astype(np.float32), cv2.COLOR_LAB2BGR)
+    return np.clip(np.rint(bgr * 255.0), 0, 255).astype(np.uint8)
+
+
+POISSON_PAD = 2  # OpenCV's seamlessClone ignores the mask's outer pixel row and column
+
+
+def poisson_blend(face, region, mask):
+    """`face` blended into `region` in the gradient domain where `mask` > 0 (OpenCV's
+    seamlessClone, normal cloning): the face's gradients, the input's colours at the edge."""
+    inside = np.where(mask > 0, 255, 0).astype(np.uint8)
+    if inside.sum() == 0 or min(mask.shape) < 3:
+        return face
+    pad = POISSON_PAD
+    src = cv2.copyMakeBorder(face, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    dst = cv2.copyMakeBorder(region, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    inside = cv2.copyMakeBorder(inside, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    x, y, w, h = cv2.boundingRect(inside)
+    blended = cv2.seamlessClone(src, dst, inside, (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
+    return blended[pad:-pad, pad:-pad]
 
 
 # --------------------------------------------------------------------------- timing

@@ -14,6 +14,10 @@ from hparams import parse_bool
 
 MIN_FPS, MAX_FPS = 1.0, 240.0
 MAX_BATCH = 1024  # a batch is held in memory: frames for detection, frames and faces for the generator
+BLENDS = ("rect", "feather", "seamless")
+MASK_SHAPES = ("ellipse", "box")
+MAX_MASK_EDGE = 0.25
+FACE_CHOICES = "best, largest, center, index:N or point:X,Y"
 
 
 class OptionsError(ValueError):
@@ -22,6 +26,23 @@ class OptionsError(ValueError):
 
 def _four(value):
     return tuple(int(v) for v in value)
+
+
+def parse_face_select(spec):
+    """(kind, value) of a --face_select value: ("best", None), ("largest", None), ("center", None),
+    ("index", N) (the N-th face from the left, from 0) or ("point", (x, y)); OptionsError otherwise."""
+    kind, _, arg = str(spec).partition(":")
+    try:
+        if kind in ("best", "largest", "center") and not arg:
+            return kind, None
+        if kind == "index" and int(arg) >= 0:
+            return kind, int(arg)
+        if kind == "point":
+            x, y = (int(v) for v in arg.split(","))
+            return kind, (x, y)
+    except ValueError:
+        pass
+    raise OptionsError("--face_select %r: choose %s (N from 0, X,Y a pixel of the first frame)" % (spec, FACE_CHOICES))
 
 
 @dataclass(frozen=True)
@@ -38,6 +59,11 @@ class SyncOptions:
     nosmooth: bool = False
     on_no_face: str = "pass"               # pass | error
     fast: bool = False
+    blend: str = "rect"                    # rect (the original's paste) | feather | seamless
+    mask_shape: str = "ellipse"            # feather/seamless: shape of the lower-face region
+    mask_edge: float = 0.1                 # feather/seamless: soft edge width, fraction of the box width
+    color_match: bool = False              # feather/seamless: match the generated colours to the input's face
+    face_select: str = "best"              # best | largest | center | index:N | point:X,Y
 
     def __post_init__(self):
         for name in ("pads", "crop", "box"):
@@ -88,6 +114,16 @@ class SyncOptions:
             raise OptionsError("--pads %s must not be negative" % " ".join(map(str, self.pads)))
         if self.on_no_face not in ("pass", "error"):
             raise OptionsError("--on_no_face %r: choose pass or error" % self.on_no_face)
+        if self.blend not in BLENDS:
+            raise OptionsError("--blend %r: choose %s" % (self.blend, ", ".join(BLENDS)))
+        if self.mask_shape not in MASK_SHAPES:
+            raise OptionsError("--mask_shape %r: choose %s" % (self.mask_shape, ", ".join(MASK_SHAPES)))
+        if not (isinstance(self.mask_edge, (int, float)) and 0 <= self.mask_edge <= MAX_MASK_EDGE):
+            raise OptionsError("--mask_edge %r: give a fraction of the box width from 0 to %g"
+                               % (self.mask_edge, MAX_MASK_EDGE))
+        if self.color_match and self.blend == "rect":
+            raise OptionsError("--color_match needs --blend feather or seamless")
+        parse_face_select(self.face_select)
         top, bottom, left, right = self.crop
         if min(top, left) < 0 or min(bottom, right) < -1 or -1 < bottom <= top or -1 < right <= left:
             raise OptionsError("--crop %s is not a crop: give top bottom left right with top < bottom and left < "
@@ -124,5 +160,17 @@ def add_arguments(parser):
                         help="frames without a face: pass them through unchanged, or stop with an error")
     parser.add_argument("--fast", action="store_true",
                         help="faster, not exact: detection on small keyframes, reduced-precision generator")
+    parser.add_argument("--blend", default=d.blend, metavar="|".join(BLENDS),
+                        help="rect: paste the whole box (the original); feather: only the lower face, through a "
+                             "soft mask; seamless: the same region blended in the gradient domain")
+    parser.add_argument("--mask_shape", default=d.mask_shape, metavar="|".join(MASK_SHAPES),
+                        help="shape of the blended lower-face region (default %s)" % d.mask_shape)
+    parser.add_argument("--mask_edge", type=float, default=d.mask_edge,
+                        help="width of the mask's soft edge as a fraction of the box width (default %g)" % d.mask_edge)
+    parser.add_argument("--color_match", action="store_true",
+                        help="match the generated region's colours to the input face's (Lab mean and spread)")
+    parser.add_argument("--face_select", default=d.face_select, metavar="CHOICE",
+                        help="which face when there are several: %s (default best: the highest score of "
+                             "each frame; the others follow the chosen face from frame to frame)" % FACE_CHOICES)
     return parser
 

@@ -1,17 +1,21 @@
 """Face detections cached per input video, so re-syncing the same video to new audio skips detection.
 
 An entry is keyed by the SHA-256 of the video file's content and of the detection settings
-(detector and its weights, frame preparation, batch size), and holds the raw detector boxes
-(x1, y1, x2, y2, or None) of the first frames of the video, in frame order.
+(detector, its weights, device class and tolerances, frame preparation, batch size), and holds
+every face the detector reported ([(x1, y1, x2, y2, score), ...] per frame, best first) for the
+first frames of the video, in frame order and in whole detection batches, so that any prefix of
+an entry is what a fresh detection of that prefix gives. Choosing among the faces happens after
+the cache: another --face_select never detects again.
 """
 import hashlib
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def default_folder():
@@ -44,28 +48,37 @@ class DetectionCache:
         return os.path.join(self.folder, key + ".npz")
 
     def load(self, key, count):
-        """(detections of the first `count` frames, frame shape), or None when not cached.
+        """(faces of the first `count` frames, frame shape), or None when not cached.
 
         An entry covers `count` frames if it holds that many or reached the end of the video."""
         try:
             with np.load(self._path(key)) as entry:
-                boxes, found, shape, complete = entry["boxes"], entry["found"], entry["shape"], entry["complete"]
-        except (OSError, KeyError, ValueError):  # absent, or damaged: detect again
+                counts, boxes, scores = entry["counts"], entry["boxes"], entry["scores"]
+                shape, complete = tuple(int(v) for v in entry["shape"]), bool(entry["complete"])
+            if counts.ndim != 1 or (counts < 0).any() or boxes.shape != (int(counts.sum()), 4) \
+                    or scores.shape != (len(boxes),) or len(shape) != 3:
+                raise ValueError("inconsistent entry")
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):  # absent or damaged: detect again
             return None
-        if len(boxes) < count and not complete:
+        if len(counts) < count and not complete:
             return None
-        detections = [tuple(int(v) for v in b) if f else None for b, f in zip(boxes[:count], found[:count])]
-        return detections, tuple(int(v) for v in shape)
+        ends = np.cumsum(counts[:count])
+        faces = [[tuple(int(v) for v in box) + (float(s),) for box, s in zip(boxes[end - n:end], scores[end - n:end])]
+                 for n, end in zip(counts[:count], ends)]
+        return faces, shape
 
     def save(self, key, detections, shape, complete):
-        """Store `detections` (complete: they cover the whole video); written atomically."""
+        """Store `detections` (every face per frame; complete: they cover the whole video), atomically."""
         os.makedirs(self.folder, exist_ok=True)
-        boxes = np.array([d if d is not None else (0, 0, 0, 0) for d in detections], np.int64).reshape(-1, 4)
-        found = np.array([d is not None for d in detections], bool)
+        flat = [face for faces in detections for face in faces]
+        boxes = np.array([face[:4] for face in flat], np.int64).reshape(-1, 4)
+        scores = np.array([face[4] for face in flat], np.float64)
+        counts = np.array([len(faces) for faces in detections], np.int64)
         fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".npz", dir=self.folder)
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, boxes=boxes, found=found, shape=np.array(shape, np.int64), complete=complete)
+                np.savez(f, counts=counts, boxes=boxes, scores=scores, shape=np.array(shape, np.int64),
+                         complete=complete)
             os.replace(tmp, self._path(key))
         finally:
             if os.path.exists(tmp):

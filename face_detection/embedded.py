@@ -27,7 +27,7 @@ EXTEND_BOTTOM = 0.10
 
 
 class EmbeddedDetector:
-    """Best face per frame with dlib's HOG detector; runs on the CPU whatever `device` says."""
+    """Faces with dlib's HOG detector (the best per frame, or all); runs on the CPU whatever `device` says."""
 
     name = "dlib HOG"
 
@@ -42,29 +42,31 @@ class EmbeddedDetector:
 
     def detect(self, frames_bgr):
         """Per frame (HxWx3 uint8 BGR) the highest-scoring face as int (x1, y1, x2, y2), or None."""
-        return [self._detect_one(frame) for frame in frames_bgr]
+        return [faces[0][:4] if faces else None for faces in self.detect_all(frames_bgr)]
 
-    def _detect_one(self, frame_bgr):
+    def detect_all(self, frames_bgr):
+        """Per frame every face, [(x1, y1, x2, y2, score), ...] highest score first."""
+        return [self._faces(frame) for frame in frames_bgr]
+
+    def _faces(self, frame_bgr):
         height, width = frame_bgr.shape[:2]
         scale = min(1.0, WORKING_MAX_SIDE / max(height, width))
         small = frame_bgr if scale == 1.0 else cv2.resize(
             frame_bgr, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
         rgb = np.ascontiguousarray(small[:, :, ::-1])
-        box = self._best_box(rgb, upsample=0)
-        if box is None:
-            box = self._best_box(rgb, upsample=RETRY_UPSAMPLE)
-        if box is None:
-            return None
-        x1, y1, x2, y2 = (value / scale for value in box)
-        box_height = y2 - y1
-        y1 -= EXTEND_TOP * box_height
-        y2 += EXTEND_BOTTOM * box_height
-        return (int(np.clip(x1, 0, width)), int(np.clip(y1, 0, height)),
-                int(np.clip(x2, 0, width)), int(np.clip(y2, 0, height)))
+        found = self._hog_faces(rgb, upsample=0) or self._hog_faces(rgb, upsample=RETRY_UPSAMPLE)
+        faces = []
+        for box, score in found:
+            x1, y1, x2, y2 = (value / scale for value in box)
+            box_height = y2 - y1
+            y1 -= EXTEND_TOP * box_height
+            y2 += EXTEND_BOTTOM * box_height
+            faces.append((int(np.clip(x1, 0, width)), int(np.clip(y1, 0, height)),
+                          int(np.clip(x2, 0, width)), int(np.clip(y2, 0, height)), float(score)))
+        return faces
 
-    def _best_box(self, rgb, upsample):
+    def _hog_faces(self, rgb, upsample):
+        """[((left, top, right, bottom), score), ...] highest score first (ties: dlib's order)."""
         rects, scores, _ = self._hog.run(rgb, upsample, 0.0)
-        if not rects:
-            return None
-        best = rects[int(np.argmax(scores))]
-        return best.left(), best.top(), best.right(), best.bottom()
+        order = sorted(range(len(rects)), key=lambda i: -scores[i])
+        return [((rects[i].left(), rects[i].top(), rects[i].right(), rects[i].bottom()), scores[i]) for i in order]

@@ -5,7 +5,8 @@ state_dict keys as the official `s3fd-619a316812.pth`). Decoding follows the ori
 face probability > 0.05 makes a candidate, boxes are decoded SSD-style, NMS at IoU 0.3,
 and boxes scoring above 0.5 are kept. Wav2Lip uses only the best box per frame, which is
 always the first one NMS keeps, i.e. the candidate the original's `argsort()[::-1]` puts
-first, so `best_boxes` skips NMS altogether and needs no Python loop over candidates.
+first, so `best_boxes` skips NMS altogether and needs no Python loop over candidates;
+`postprocess` gives every face NMS keeps (for choosing among several people).
 """
 import numpy as np
 import torch
@@ -108,25 +109,14 @@ def _decode(reg, stride, ys, xs):
     return torch.cat([x1y1, x1y1 + wh], -1)
 
 
-def candidates(maps):
-    """Per image, all candidates [x1, y1, x2, y2, score] (float32 numpy, level by level, row-major)."""
-    batch = maps[0].shape[0]
-    per_image = [[] for _ in range(batch)]
-    for level, stride in enumerate(STRIDES):
-        score = F.softmax(maps[2 * level], dim=1)[:, 1]
-        reg = maps[2 * level + 1].permute(0, 2, 3, 1)
-        for b in range(batch):
-            ys, xs = torch.nonzero(score[b] > CANDIDATE_THRESHOLD, as_tuple=True)
-            boxes = _decode(reg[b, ys, xs], stride, ys, xs)
-            per_image[b].append(torch.cat([boxes, score[b, ys, xs, None]], 1))
-    return [torch.cat(c).cpu().numpy() for c in per_image]
+def nms(dets, threshold=NMS_THRESHOLD, order=None):
+    """Indices kept by greedy NMS with the original's pixel-inclusive areas, best first.
 
-
-def nms(dets, threshold=NMS_THRESHOLD):
-    """Indices kept by greedy NMS with the original's pixel-inclusive areas, best first."""
+    `order` (indices, best first) replaces the sort by score: the original's sort of its whole
+    batch candidate list, which decides between equal scores."""
     x1, y1, x2, y2, score = dets.T.astype(np.float64)
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(score)[::-1]
+    order = np.argsort(score)[::-1] if order is None else np.asarray(order)
     keep = []
     while order.size:
         i, rest = order[0], order[1:]
@@ -138,40 +128,9 @@ def nms(dets, threshold=NMS_THRESHOLD):
     return np.asarray(keep, dtype=np.int64)
 
 
-def postprocess(maps):
-    """All faces per image after NMS and the 0.5 threshold, as (K, 5) arrays, best first.
-
-    Candidates at or below 0.5 can only suppress boxes scoring even lower, which the final
-    threshold drops anyway, so they are filtered before NMS without changing the result."""
-    maps = [torch.as_tensor(m) for m in maps]
-    out = []
-    for dets in candidates(maps):
-        dets = dets[dets[:, 4] > KEEP_THRESHOLD]
-        out.append(dets[nms(dets)] if len(dets) else np.zeros((0, 5), np.float32))
-    return out
-
-
-def _first_in_originals_order(scores, level_sizes, b):
-    """Cell the original puts first for image b when several cells tie for its top score.
-
-    The original's batch path emits, level by level, for each image I of the batch the cells
-    where I's score passes 0.05, each with image b's own score, and sorts that list with the
-    unstable `argsort()[::-1]`; the same list through the same sort gives the same winner."""
-    emitted, start = [], 0
-    for size in level_sizes:
-        passing = torch.nonzero(scores[:, start:start + size] > CANDIDATE_THRESHOLD)  # (I, cell) row-major
-        emitted.append(passing[:, 1] + start)
-        start += size
-    emitted = torch.cat(emitted)
-    order = np.argsort(scores[b, emitted].cpu().numpy())[::-1]
-    return int(emitted[int(order[0])])
-
-
-def best_boxes(maps):
-    """Per image the original's chosen face (int x1, y1, x2, y2 clipped at 0) or None.
-
-    Vectorised over every anchor of every level: the chosen face is the top-scoring candidate,
-    with ties broken as the original's sort breaks them."""
+def _flat_maps(maps):
+    """Scores (B, N) and offsets (B, N, 4) of every anchor of every level, with each anchor's
+    stride, row and column (N,), and the number of anchors per level."""
     batch = maps[0].shape[0]
     scores, regs, strides, ys, xs = [], [], [], [], []
     for level, stride in enumerate(STRIDES):
@@ -183,14 +142,67 @@ def best_boxes(maps):
         ys.append(cells // w)
         xs.append(cells % w)
     level_sizes = [s.shape[1] for s in scores]
-    scores, regs = torch.cat(scores, 1), torch.cat(regs, 1)
-    strides, ys, xs = torch.cat(strides), torch.cat(ys), torch.cat(xs)
+    return torch.cat(scores, 1), torch.cat(regs, 1), torch.cat(strides), torch.cat(ys), torch.cat(xs), level_sizes
+
+
+def _emitted(scores, level_sizes):
+    """Cells of the original's batch candidate list, in its order: level by level, for each image
+    I of the batch the cells where I's score passes 0.05 (row-major). Every image of the batch
+    gets this same list, each with its own scores (a cell passing in two images appears twice)."""
+    emitted, start = [], 0
+    for size in level_sizes:
+        passing = torch.nonzero(scores[:, start:start + size] > CANDIDATE_THRESHOLD)  # (I, cell) row-major
+        emitted.append(passing[:, 1] + start)
+        start += size
+    return torch.cat(emitted).cpu().numpy()
+
+
+def _originals_order(score, emitted):
+    """The cells `emitted`, sorted by one image's `score` (numpy) with the original's unstable
+    `argsort()[::-1]`: the same list through the same sort, so equal scores fall as there."""
+    return emitted[np.argsort(score[emitted])[::-1]]
+
+
+def postprocess(maps):
+    """All faces per image after NMS and the 0.5 threshold, as (K, 5) float32 arrays
+    [x1, y1, x2, y2, score], in the original's order (the first is the face Wav2Lip uses).
+
+    Candidates at or below 0.5 can only suppress boxes scoring even lower, which the final
+    threshold drops anyway, so they leave NMS before it (in the original's sorted order)."""
+    scores, regs, strides, ys, xs, level_sizes = _flat_maps([torch.as_tensor(m) for m in maps])
+    emitted, host_scores = _emitted(scores, level_sizes), scores.cpu().numpy()
+    out = []
+    for b in range(scores.shape[0]):
+        order = _originals_order(host_scores[b], emitted)
+        order = order[host_scores[b, order] > KEEP_THRESHOLD]
+        if not len(order):
+            out.append(np.zeros((0, 5), np.float32))
+            continue
+        cells, first = np.unique(order, return_index=True)  # a cell emitted twice is one box
+        ranked = cells[np.argsort(first)]
+        index = torch.from_numpy(ranked).to(regs.device)
+        boxes = _decode(regs[b, index], strides[index], ys[index], xs[index])
+        dets = torch.cat([boxes, scores[b, index, None]], 1).cpu().numpy()
+        out.append(dets[nms(dets, order=np.arange(len(dets)))])
+    return out
+
+
+def best_boxes(maps):
+    """Per image the original's chosen face (int x1, y1, x2, y2 clipped at 0) or None.
+
+    Vectorised over every anchor of every level: the chosen face is the top-scoring candidate,
+    with ties broken as the original's sort breaks them."""
+    batch = maps[0].shape[0]
+    scores, regs, strides, ys, xs, level_sizes = _flat_maps(maps)
     top, cell = scores.max(1)
     ties = (scores == top[:, None]).sum(1)
     # One transfer from the device for the whole batch (a GPU waits at every transfer).
     top, cell, ties = (t.cpu().numpy() for t in (top, cell, ties))
-    for b in np.flatnonzero((ties > 1) & (top > KEEP_THRESHOLD)):
-        cell[b] = _first_in_originals_order(scores, level_sizes, b)
+    tied = np.flatnonzero((ties > 1) & (top > KEEP_THRESHOLD))
+    if len(tied):  # the cell the original's sort puts first
+        emitted = _emitted(scores, level_sizes)
+        for b in tied:
+            cell[b] = _originals_order(scores[b].cpu().numpy(), emitted)[0]
     cell = torch.from_numpy(cell).to(regs.device)
     boxes = _decode(regs[torch.arange(batch, device=regs.device), cell], strides[cell], ys[cell], xs[cell])
     # Clipped at 0 as the original; the rest only tames the overflow of untrained weights.
@@ -231,7 +243,8 @@ class S3FDDetector:
         if self._cache_key is None:
             from .cache import file_sha256
 
-            self._cache_key = "S3FD:" + file_sha256(self.weights_path)
+            # The device class shapes the boxes too: GPU convolutions round differently.
+            self._cache_key = "S3FD:%s:%s" % (file_sha256(self.weights_path), self.device.type)
         return self._cache_key
 
     def frames_per_forward(self, frames_bgr):
@@ -257,6 +270,20 @@ class S3FDDetector:
         height, width = frames_bgr[0].shape[:2]
         return [None if box is None else clip_to_frame(box, width, height)
                 for box in best_boxes(self.maps(frames_bgr))]
+
+    @torch.inference_mode()
+    def detect_all(self, frames_bgr):
+        """Per frame every face NMS keeps, [(x1, y1, x2, y2, score), ...] best first (the first is
+        `detect`'s box), integer coordinates clipped at 0 and bounded by the frame."""
+        if len(frames_bgr) == 0:
+            return []
+        height, width = frames_bgr[0].shape[:2]
+        faces = []
+        for dets in postprocess(self.maps(frames_bgr)):
+            boxes = np.clip(np.nan_to_num(dets[:, :4], nan=0.0, posinf=2 ** 31 - 1, neginf=0.0), 0, 2 ** 31 - 1)
+            faces.append([clip_to_frame(tuple(int(v) for v in box), width, height) + (float(score),)
+                          for box, score in zip(boxes, dets[:, 4])])
+        return faces
 
 
 def clip_to_frame(box, width, height):

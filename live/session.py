@@ -318,7 +318,7 @@ class Session:
     def _render(self, plan):
         items = [(self.avatar.frame(source), window, self.avatar.box(source)) for _, source, window, _ in plan]
         with lipsync.full_float32(enabled=not self.fast):
-            images = lipsync.generate_batch(self.generator, items, self.clock)
+            images = lipsync.generate_batch(self.generator, items, self.clock, self.avatar.options)
         return [Frame(image, samples, index / self.fps, index, source, True)
                 for (index, source, _, samples), image in zip(plan, images)]
 

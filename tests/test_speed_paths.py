@@ -262,16 +262,17 @@ def test_cache_skips_detection_for_the_same_video_and_settings(tmp_path, s3fd_pa
         return found, detector.frames
 
     (first, shape), detected = run(20)
-    assert detected == 20 and shape == (72, 90, 3)
+    assert detected == 32 and shape == (72, 90, 3)                # whole batches: a prefix is a fresh run's
     assert run(20)[1] == 0 and run(20)[0][0] == first
     assert run(12)[0][0] == first[:12] and run(12)[1] == 0        # a shorter audio reuses the prefix
-    assert run(30)[1] == 30                                       # a longer one detects again...
-    assert run(30)[1] == 0
+    assert run(30)[1] == 0                                        # so does one within the batches detected
+    assert run(40)[1] == 48                                       # a longer one detects again...
+    assert run(40)[1] == 0
     assert run(200)[1] == 75 and run(200)[1] == 0                 # ...and the whole video is complete
-    assert run(20, resize_factor=3)[1] == 20                      # other settings: another entry
+    assert run(20, resize_factor=3)[1] == 32                      # other settings: another entry
     other = tmp_path / "other.mp4"
     other.write_bytes(OTHER_GRID.read_bytes())
-    assert run(20, path=other)[1] == 20                           # other content: another entry
+    assert run(20, path=other)[1] == 32                           # other content: another entry
 
 
 def test_cached_rerun_gives_the_same_video(tmp_path, s3fd_path, wav2lip, monkeypatch):
@@ -282,8 +283,8 @@ def test_cached_rerun_gives_the_same_video(tmp_path, s3fd_path, wav2lip, monkeyp
     first = list(seen)
     seen.clear()
     detected = []
-    detect = detector.detect
-    monkeypatch.setattr(detector, "detect", lambda frames: (detected.append(len(frames)), detect(frames))[1])
+    detect = detector.detect_all
+    monkeypatch.setattr(detector, "detect_all", lambda frames: (detected.append(len(frames)), detect(frames))[1])
     stats = inference.lipsync_video(wav2lip, str(GRID), str(SPEECH), str(tmp_path / "b.mp4"), detector, **options)
     assert detected == [] and len(seen) == len(first) == stats["frames"]
     assert all(np.array_equal(a, b) for a, b in zip(first, seen))
