@@ -54,6 +54,9 @@ class _StageReport:
 
     def update(self, n):
         self.done += n
+        self.refresh()
+
+    def refresh(self):
         self.report(self.stage, self.done, self.total)
 
     def close(self):
@@ -231,6 +234,9 @@ def detect_faces(source, detector, count, batch_size, progress=True, clock=None,
                 break
     if batch:
         flush()
+    if len(detections) < target:  # the video ended before the last whole batch
+        bar.total = len(detections)
+        bar.refresh()
     bar.close()
     if shape is None:
         raise InferenceError("%s has no decodable video frames" % source.path)

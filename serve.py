@@ -67,6 +67,22 @@ async def errors(request, handler):
         return error_response(500, "internal error; the server log has the details")
 
 
+async def quiet_closing_races(app):
+    """aiortc leaves a connect task behind when a client closes its session while ICE is still
+    starting; its InvalidStateError (and the cancelled gathers around it) are logged as one line,
+    not as asyncio's "exception was never retrieved" traceback. Everything else as before."""
+    from aiortc.exceptions import InvalidStateError
+
+    def handle(loop, context):
+        error = context.get("exception")
+        if isinstance(error, (InvalidStateError, asyncio.CancelledError)):
+            log.info("webrtc: %s after its connection closed (ignored)", type(error).__name__)
+            return
+        loop.default_exception_handler(context)
+
+    asyncio.get_running_loop().set_exception_handler(handle)
+
+
 def token_check(token):
     @web.middleware
     async def authorize(request, handler):
@@ -342,6 +358,7 @@ class Server:
         app.router.add_get("/api/jobs/{id}", self.job_status)
         app.router.add_get("/api/jobs/{id}/result", self.job_result)
         app.router.add_delete("/api/jobs/{id}", self.delete_job)
+        app.on_startup.append(quiet_closing_races)
         app.on_shutdown.append(self.shutdown)
         return app
 
