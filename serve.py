@@ -41,7 +41,8 @@ MAX_SPEECH_SECONDS = 600
 # ("AST constructor recursion depth mismatch") when two threads parse at once: one load at a time.
 AVATAR_LOAD = threading.Lock()
 # The options a job or avatar takes from a form, by their inference.py names.
-FORM_OPTIONS = ("static", "fps", "pads", "resize_factor", "crop", "box", "rotate", "nosmooth", "on_no_face", "fast")
+FORM_OPTIONS = ("static", "fps", "pads", "resize_factor", "crop", "box", "rotate", "nosmooth", "on_no_face", "fast",
+                "blend", "mask_shape", "mask_edge", "color_match", "face_select")
 
 
 # --------------------------------------------------------------------------- requests

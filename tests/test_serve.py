@@ -113,6 +113,14 @@ def test_bad_requests_get_their_errors(server, tmp_path):
             assert status == 400 and "--pads" in body["error"]
             status, body = await post_job([("box", "200 100 0 50")])
             assert status == 400 and "--box 200 100 0 50 is not a box" in body["error"]
+            status, body = await post_job([("blend", "foo")])
+            assert status == 400 and "--blend 'foo'" in body["error"]
+            status, body = await post_job([("face_select", "index:x")])
+            assert status == 400 and "--face_select" in body["error"]
+            status, body = await post_job([("mask_edge", "wide")])
+            assert status == 400 and "--mask_edge" in body["error"]
+            status, body = await post_job([("blend", "feather"), ("face_select", "largest"), ("color_match", "1")])
+            assert status == 202, body
             status, body = await post_job([("wav2lip_batch_size", "100000")])
             assert status == 400 and "unknown field" in body["error"]
             status, body = await call(http, server, "POST", "/api/jobs", data=form(face=FACE_VIDEO))

@@ -204,8 +204,10 @@ $("dub-form").onsubmit = async (event) => {
   const form = event.target, data = new FormData();
   data.append("face", form.face.files[0]);
   data.append("audio", form.audio.files[0]);
-  for (const flag of ["fast", "nosmooth"]) if (form[flag].checked) data.append(flag, "true");
+  for (const flag of ["fast", "nosmooth", "color_match"]) if (form[flag].checked) data.append(flag, "true");
   data.append("resize_factor", form.resize_factor.value || "1");
+  data.append("blend", form.blend.value);
+  data.append("face_select", form.face_select.value.trim() || "best");
   for (const span of form.querySelectorAll("[data-four]")) {
     const values = [...span.querySelectorAll("input")].map((i) => i.value.trim());
     if (values.every((v) => v !== "")) data.append(span.dataset.four, values.join(" "));
