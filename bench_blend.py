@@ -2,7 +2,7 @@
 the real media of ../shared/media, and draw one frame per mode side by side.
 
     python bench_blend.py                       # table on stdout, picture in docs/blend_modes.png
-    python bench_blend.py --frames 8 --picture /tmp/modes.png
+    python bench_blend.py --frames 8 --picture modes.png
 
 Per clip and mode: the seam score (mean absolute step across the face box border, divided by
 the same step in the input: 1.0 is no visible seam), the fraction of pixels changed outside the

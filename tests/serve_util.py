@@ -12,6 +12,7 @@ import time
 import aiohttp
 import torch
 
+from bench_serve import free_port
 from conftest import REPO
 
 BOX = (60, 220, 110, 250)                  # y1 y2 x1 x2 around the GRID speaker's face (bbaf2n.mpg)
@@ -23,12 +24,6 @@ def write_checkpoint(check, folder):
     state = {"module." + k: v for k, v in check.make_state_dict("wav2lip", 11).items()}
     torch.save({"state_dict": state, "optimizer": None, "global_step": 0, "global_epoch": 0}, path)
     return path
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid):
