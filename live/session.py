@@ -157,7 +157,7 @@ class Session:
     def __init__(self, model, avatar, fast=False, *, silence_gap=None, silence_level=SILENCE_LEVEL, batch_size=None):
         self.avatar, self.fast, self.fps = avatar, fast, avatar.fps
         self.generator = generator_for(model, fast)
-        device = next(self.generator.parameters()).device
+        device = next(model.parameters()).device
         self.batch_size = batch_size or avatar.options.wav2lip_batch_size
         if device.type == "cpu":
             self.batch_size = min(self.batch_size, CPU_GENERATOR_BATCH)

@@ -47,12 +47,13 @@ class Wav2Lip(nn.Module):
         self.output_block = nn.Sequential(Conv2dBlock(80, 32, 3, 1, 1), nn.Conv2d(32, 3, 1), nn.Sigmoid())
 
     def forward(self, audio, face):
-        batch_size = audio.size(0)
-        is_sequence = face.dim() == 5
-        if is_sequence:
-            audio = unroll_time(audio, 1)
-            face = unroll_time(face, 2)
+        if face.dim() == 5:
+            out = self.forward_frames(unroll_time(audio, 1), unroll_time(face, 2))
+            return roll_time(out, audio.size(0), 2)
+        return self.forward_frames(audio, face)
 
+    def forward_frames(self, audio, face):
+        """forward on frames only: audio (N,1,80,16), face (N,6,96,96) -> (N,3,96,96)."""
         feats = []
         x = face
         for stage in self.face_encoder_blocks:
@@ -63,8 +64,7 @@ class Wav2Lip(nn.Module):
         for stage in self.face_decoder_blocks:
             x = torch.cat([stage(x), feats.pop()], dim=1)  # decoder output first, skip second
 
-        x = self.output_block(x)
-        return roll_time(x, batch_size, 2) if is_sequence else x
+        return self.output_block(x)
 
 
 class Wav2Lip_disc_qual(nn.Module):

@@ -444,15 +444,17 @@ def test_thirty_minutes_under_a_simulated_clock(model, tmp_path, speech):
     assert at_end - after_first_minute < 50, (after_first_minute, at_end)
 
 
-def test_fast_session_stays_within_the_fast_tolerance(model, avatar, speech, monkeypatch):
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_fast_session_stays_within_the_fast_tolerance(model, avatar, speech, monkeypatch, precision):
     """--fast live: the reduced-precision generator's mouths against the faithful session's,
-    within the tolerance inference.py --fast states (tests/test_speed_paths.py). bfloat16 is
-    forced: on CPUs without bfloat16 instructions --fast keeps float32, which would compare the
-    model with itself."""
+    within the tolerance inference.py --fast states for it (tests/test_speed_paths.py), each
+    precision forced (the hardware picks one)."""
     import lipsync
-    from test_speed_paths import FAST_MOUTH_MAX, FAST_MOUTH_MEAN, FAST_MOUTH_P99
+    import test_speed_paths as stated
 
-    monkeypatch.setattr(lipsync, "fast_dtype", lambda device: torch.bfloat16)
+    dtype, prefix = {"bfloat16": (torch.bfloat16, "FAST"), "int8": (torch.qint8, "INT8")}[precision]
+    FAST_MOUTH_MEAN, FAST_MOUTH_P99, FAST_MOUTH_MAX = (getattr(stated, prefix + "_MOUTH_" + k) for k in ("MEAN", "P99", "MAX"))
+    monkeypatch.setattr(lipsync, "fast_dtype", lambda device: dtype)
     utterance = speech[3200:9600]
     outputs = {}
     for fast in (False, True):
@@ -469,3 +471,11 @@ def test_fast_session_stays_within_the_fast_tolerance(model, avatar, speech, mon
         assert diff.mean() <= FAST_MOUTH_MEAN and np.percentile(diff, 99) <= FAST_MOUTH_P99
         assert diff.max() <= FAST_MOUTH_MAX
     assert any(not np.array_equal(a.image, b.image) for a, b in zip(outputs[False], outputs[True]))
+    # On the same generator the fast session's frames are the offline core's, byte for byte.
+    windows = inference.mel_chunks(audio.melspectrogram(utterance), avatar.fps)
+    windows += [windows[-1]] * (10 - len(windows))
+    sources = [f.source_index for f in outputs[True]]
+    offline = inference.lipsync_frames(live.session.generator_for(model, fast=True), [avatar.frame(s) for s in sources],
+                                       windows, [avatar.box(s) for s in sources], batch_size=16)
+    for frame, want in zip(outputs[True], offline):
+        np.testing.assert_array_equal(frame.image, want)

@@ -21,6 +21,9 @@ BOX = (60, 220, 110, 250)                   # y1 y2 x1 x2 around the bbaf2n spea
 # clips with deterministic weights, against float32, mouth region (lower half of the face box):
 # mean |diff| 0.31-0.34, 99th percentile 1, max 4 intensity levels. The stated tolerance:
 FAST_MOUTH_MEAN, FAST_MOUTH_P99, FAST_MOUTH_MAX = 0.5, 2, 8
+# On x86 CPUs without bfloat16 instructions --fast runs the int8 generator (lipsync.int8_generator).
+# Measured the same way (four frames a clip, seeds 11 and 12): mean 1.4-1.8, p99 5-7, max 10-17.
+INT8_MOUTH_MEAN, INT8_MOUTH_P99, INT8_MOUTH_MAX = 2.5, 10, 24
 
 
 def grid_frames(path=GRID, count=None):
@@ -148,23 +151,87 @@ def float32_and_bfloat16(wav2lip):
     return generator, reduced
 
 
+@pytest.fixture(scope="module")
+def int8(wav2lip):
+    return inference.inference_model(wav2lip, torch.qint8)
+
+
+def reduced_against_float32(clip, generator, reduced):
+    """|difference| on the mouth region of four real GRID frames, and outside the box's max."""
+    frames = grid_frames(MEDIA / ("%s.mpg" % clip), count=4)
+    mel = inference.audio.melspectrogram(inference.load_speech(str(SPEECH)))
+    y1, y2, x1, x2 = BOX
+    items = [(f, m, BOX) for f, m in zip(frames, inference.mel_chunks(mel, 25.0)[:4])]
+    exact = np.stack(list(inference.lipsync_stream(generator, items, 4))).astype(np.int16)
+    fast = np.stack(list(inference.lipsync_stream(reduced, items, 4))).astype(np.int16)
+    diff = np.abs(exact - fast)
+    mouth = diff[:, (y1 + y2) // 2:y2, x1:x2].copy()
+    diff[:, y1:y2, x1:x2] = 0
+    assert mouth.any(), "the reduced-precision generator gave float32's output: it was not compared"
+    return mouth, diff.max()
+
+
 @pytest.mark.parametrize("clip", ["bbaf2n", "lwbsza", "swiz3n", "pwij3p"])
 def test_fast_generator_within_stated_tolerance(clip, float32_and_bfloat16):
     """bfloat16 against float32 on the mouth region of real GRID faces."""
-    frames = grid_frames(MEDIA / ("%s.mpg" % clip), count=4)
-    mel = inference.audio.melspectrogram(inference.load_speech(str(SPEECH)))
-    generator, reduced = float32_and_bfloat16
-    y1, y2, x1, x2 = BOX
-    items = [(f, m, BOX) for f, m in zip(frames, inference.mel_chunks(mel, 25.0)[:4])]
-    exact = list(inference.lipsync_stream(generator, items, 4))
-    fast = list(inference.lipsync_stream(reduced, items, 4))
-    mouth = slice((y1 + y2) // 2, y2), slice(x1, x2)
-    diff = np.abs(np.stack(exact)[:, mouth[0], mouth[1]].astype(np.int16)
-                  - np.stack(fast)[:, mouth[0], mouth[1]].astype(np.int16))
-    assert diff.any(), "the reduced-precision generator gave float32's output: it was not compared"
+    diff, outside = reduced_against_float32(clip, *float32_and_bfloat16)
     assert diff.mean() <= FAST_MOUTH_MEAN and np.percentile(diff, 99) <= FAST_MOUTH_P99, \
         (diff.mean(), np.percentile(diff, 99))
-    assert diff.max() <= FAST_MOUTH_MAX
+    assert diff.max() <= FAST_MOUTH_MAX and outside == 0
+
+
+@pytest.mark.parametrize("clip", ["bbaf2n", "lwbsza", "swiz3n", "pwij3p"])
+def test_int8_generator_within_stated_tolerance(clip, float32_and_bfloat16, int8):
+    """The int8 generator against float32 on the mouth region of real GRID faces."""
+    diff, outside = reduced_against_float32(clip, float32_and_bfloat16[0], int8)
+    assert diff.mean() <= INT8_MOUTH_MEAN and np.percentile(diff, 99) <= INT8_MOUTH_P99, \
+        (diff.mean(), np.percentile(diff, 99))
+    assert diff.max() <= INT8_MOUTH_MAX and outside == 0
+
+
+def test_int8_generator_depends_on_the_weights_alone(wav2lip, int8):
+    """Calibrated on fixed synthetic input: a second build gives the same faces, a batch gives
+    each face as alone (so live frames equal the offline core's whatever the batching), and
+    other weights give another model."""
+    from models import Wav2Lip
+    from lipsync import calibration_input
+
+    mel, face = calibration_input(3, seed=7)
+    again = inference.inference_model(wav2lip, torch.qint8)
+    with torch.inference_mode():
+        batch = int8(mel, face)
+        assert torch.equal(batch, again(mel, face))
+        assert torch.equal(batch[1:2], int8(mel[1:2], face[1:2]))
+        assert (batch - wav2lip(mel, face)).abs().max() < 0.1
+        other = Wav2Lip().eval()
+        assert not torch.equal(batch, inference.inference_model(other, torch.qint8)(mel, face))
+
+
+def test_subpixel_transposed_convolution_equals_the_transposed_one(wav2lip):
+    """The int8 generator's rewrite of every stride-2 ConvTranspose2d, on the real layer shapes."""
+    from lipsync import SubPixelConvTranspose2d
+
+    layers = [m for m in wav2lip.modules() if isinstance(m, torch.nn.ConvTranspose2d) and m.stride == (2, 2)]
+    assert len(layers) == 5
+    generator = torch.Generator().manual_seed(0)
+    for layer, size in zip(layers, (3, 6, 12, 24, 48)):
+        x = torch.randn(2, layer.in_channels, size, size, generator=generator)
+        with torch.inference_mode():
+            expected, got = layer(x), SubPixelConvTranspose2d(layer)(x)
+        assert got.shape == expected.shape == (2, layer.out_channels, 2 * size, 2 * size)
+        assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_fast_precision_follows_the_hardware(monkeypatch):
+    """--fast: float16 on CUDA, bfloat16 where the CPU computes it, else int8 on x86."""
+    import lipsync
+
+    assert lipsync.fast_dtype("cuda") == torch.float16
+    monkeypatch.setattr(lipsync, "native_cpu_bfloat16", lambda: True)
+    assert lipsync.fast_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(lipsync, "native_cpu_bfloat16", lambda: False)
+    expected = torch.qint8 if "x86" in torch.backends.quantized.supported_engines else None
+    assert lipsync.fast_dtype("cpu") == expected
 
 
 def test_background_iteration_passes_errors_and_stops_early():
