@@ -5,9 +5,11 @@ Nothing here reads files or parses arguments; `inference` re-exports these names
 """
 import copy
 import functools
+import threading
 import time
 import warnings
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -24,9 +26,37 @@ SMOOTH_WINDOW = 5
 _UINT8_TO_UNIT = (np.arange(256) / 255.0).astype(np.float32)
 
 
+# --------------------------------------------------------------------------- compute thread
+# PyTorch's CPU threads are an OpenMP team per calling thread; libgomp keeps every team's
+# workers, and once they outnumber the cores it stops spinning between parallel regions. On
+# 2 cores a second thread's torch work made both threads' int8 generator run at 1.1-1.5 cores
+# (38-53 against 21-25 ms per face, measured); all of it on one thread ran at 2.0. So the model
+# is loaded, prepared and run on this one thread, whatever thread (a live session's reader,
+# a server's pacer) asks.
+_compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wav2lip-compute")
+_on_compute = threading.local()
+
+
+def on_compute_thread(fn, *args, **kwargs):
+    """fn(*args, **kwargs) run on the process's one compute thread; its result or exception."""
+    if getattr(_on_compute, "active", False):
+        return fn(*args, **kwargs)
+    return _compute.submit(_marked, fn, args, kwargs).result()
+
+
+def _marked(fn, args, kwargs):
+    _on_compute.active = True
+    return fn(*args, **kwargs)
+
+
 # --------------------------------------------------------------------------- model
 def load_model(path, device="cpu"):
-    """A Wav2Lip generator with the weights of `path` (official or our checkpoints), in eval mode."""
+    """A Wav2Lip generator with the weights of `path` (official or our checkpoints), in eval
+    mode; built on the compute thread."""
+    return on_compute_thread(_load_model, path, device)
+
+
+def _load_model(path, device):
     from models import Wav2Lip
     from models.checkpoint import load_weights
 
@@ -40,7 +70,11 @@ def inference_model(model, dtype=None):
     place, and channels-last on the CPU (faster there). The same numbers within float32 noise,
     unless `dtype` (--fast: fast_dtype) converts the weights, and so the computation, to less
     precision (converted once, not cast at every call as autocast does); torch.qint8 gives
-    int8_generator's model."""
+    int8_generator's model. Made on the compute thread."""
+    return on_compute_thread(_inference_model, model, dtype)
+
+
+def _inference_model(model, dtype):
     if dtype == torch.qint8:
         return int8_generator(model)
     if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
@@ -184,6 +218,10 @@ def int8_generator(model):
     # torch.ao's fx quantization and TorchScript are deprecated in favour of torchao and
     # torch.compile, which need a C++ compiler at run time; torch is pinned, so their notices
     # (and the tracer's about the calibrated scales it bakes in, constants by design) are noise.
+    return on_compute_thread(_quiet_quantized, model)
+
+
+def _quiet_quantized(model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _quantized(model)

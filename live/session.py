@@ -317,10 +317,13 @@ class Session:
 
     def _render(self, plan):
         items = [(self.avatar.frame(source), window, self.avatar.box(source)) for _, source, window, _ in plan]
-        with lipsync.full_float32(enabled=not self.fast):
-            images = lipsync.generate_batch(self.generator, items, self.clock, self.avatar.options)
+        images = lipsync.on_compute_thread(self._generate, items)
         return [Frame(image, samples, index / self.fps, index, source, True)
                 for (index, source, _, samples), image in zip(plan, images)]
+
+    def _generate(self, items):
+        with lipsync.full_float32(enabled=not self.fast):
+            return lipsync.generate_batch(self.generator, items, self.clock, self.avatar.options)
 
     def _idle(self, index):
         source = pingpong(index, len(self.avatar))

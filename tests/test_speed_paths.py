@@ -360,3 +360,25 @@ def test_cached_rerun_gives_the_same_video(tmp_path, s3fd_path, wav2lip, monkeyp
     fresh = s3fd.S3FDDetector(str(s3fd_path))
     inference.lipsync_video(wav2lip, str(GRID), str(SPEECH), str(tmp_path / "c.mp4"), fresh, **options)
     assert fresh._net is None
+
+
+def test_torch_work_runs_on_one_compute_thread():
+    """Whatever thread asks, the model is made and run on one thread (one OpenMP team), nested
+    calls run in place, and errors reach the caller."""
+    import threading
+    import lipsync
+
+    seen = []
+
+    def where():
+        seen.append(threading.get_ident())
+        return lipsync.on_compute_thread(threading.get_ident)  # nested: in place, no deadlock
+
+    callers = [threading.Thread(target=lambda: seen.append(lipsync.on_compute_thread(where))) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(30)
+    assert len(seen) == 6 and len(set(seen)) == 1 and seen[0] != threading.get_ident()
+    with pytest.raises(ZeroDivisionError):
+        lipsync.on_compute_thread(lambda: 1 / 0)
