@@ -28,7 +28,7 @@ import numpy as np
 import benchmark
 import inference
 import live
-from lipsync import MEL_STEP_SIZE, mel_chunk_start
+from lipsync import MEL_STEP_SIZE, mel_chunk_start, mel_chunk_starts
 
 SPEECH = ("jfk.wav", "fleurs-fr-001.ogg", "fleurs-de-009.ogg")
 CHUNK = 320                                                   # 20 ms at 16 kHz
@@ -103,17 +103,20 @@ class Reader(threading.Thread):
 def latencies(reader, speaker, fps):
     """Processing latency of every speech frame and speech-to-first-frame of every utterance."""
     processing, first = [], []
-    runs, current = [], None
-    for index, speaking, ready in reader.records:           # utterances: runs of speaking frames
-        if speaking and current is None:
-            current = []
-            runs.append(current)
-        if not speaking:
-            current = None
-        if current is not None:
-            current.append(ready)
-    for (counts, times, end), ready_times in zip(speaker.utterances, runs):
+    # Speaking frames in order, split by utterance: an utterance has as many frames as carry its
+    # samples (or its mel windows, if more); back-to-back utterances leave no idle frame between.
+    spoken = [ready for _, speaking, ready in reader.records if speaking]
+    runs = []
+    for counts, _, end in speaker.utterances:
         if not counts or end[0] is None:
+            break
+        samples = counts[-1]
+        frames = max(-(-samples * round(fps) // 16000),
+                     len(mel_chunk_starts(1 + samples // 200, fps)))
+        runs.append(spoken[:frames])
+        spoken = spoken[frames:]
+    for (counts, times, end), ready_times in zip(speaker.utterances, runs):
+        if not ready_times:
             continue
         first.append(ready_times[0] - times[0])
         for j, ready in enumerate(ready_times):
