@@ -155,8 +155,7 @@ def cpu_flags():
 # and 3x3 maps, 8% of the weights, 1% of the work) carried most of the int8 error. Measured on
 # GRID faces with the deterministic weights of seeds 11 and 12, mouth region against float32:
 # everything int8, mean 3.7 levels, p99 15, max 39-51; these two kept, mean 1.6-2.1, p99 6-8,
-# max 13-22 (1.4-1.8, 5-7, 10-17 with the sub-pixel rewrite); also keeping the audio encoder
-# or the deepest face stages changed nothing.
+# max 13-22; also keeping the audio encoder or the deepest face stages changed nothing.
 INT8_FLOAT_STAGES = ("generator.face_decoder_blocks.0", "generator.face_decoder_blocks.1")
 INT8_CALIBRATION_SIZE = 16
 
@@ -391,14 +390,10 @@ def generate(model, crops, mels):
     param = next(model.parameters(), None)  # the int8 generator's are its float stages
     device, dtype = (param.device, param.dtype) if param is not None else ("cpu", torch.float32)
     mel_t, face_t = model_input(crops, mels, device, dtype)
-    pred = on_compute_thread(_run, model, mel_t, face_t)
+    with torch.inference_mode():
+        pred = model(mel_t, face_t)
     # `* 255` then truncation to uint8, as the original does per frame.
     return (pred.float().cpu().numpy().transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
-
-
-def _run(model, mel_t, face_t):
-    with torch.inference_mode():
-        return model(mel_t, face_t)
 
 
 def paste(frame, patch, box, options=None):
