@@ -246,7 +246,10 @@ def _quantized(model):
 
 class _OneAtATime(torch.nn.Module):
     """Runs `frames` on one face at a time: the int8 kernels took 16-23 ms per face alone and
-    22-31 ms per face in batches of 2 to 8 (2-core Xeon, measured)."""
+    22-31 ms per face in batches of 2 to 8 (2-core Xeon, measured). A live session hands it one
+    face per call (`faces_per_call`): a batch would hold back its first frames until the last is made."""
+
+    faces_per_call = 1
 
     def __init__(self, frames):
         super().__init__()

@@ -161,6 +161,7 @@ class Session:
         self.batch_size = batch_size or avatar.options.wav2lip_batch_size
         if device.type == "cpu":
             self.batch_size = min(self.batch_size, CPU_GENERATOR_BATCH)
+        self.batch_size = min(self.batch_size, getattr(self.generator, "faces_per_call", self.batch_size))
         self.silence_gap, self.silence_level = silence_gap, silence_level
         self.clock = lipsync.StageClock()
         self._cond = threading.Condition()

@@ -452,8 +452,9 @@ def test_fast_session_stays_within_the_fast_tolerance(model, avatar, speech, mon
     import lipsync
     import test_speed_paths as stated
 
-    dtype, prefix = {"bfloat16": (torch.bfloat16, "FAST"), "int8": (torch.qint8, "INT8")}[precision]
-    FAST_MOUTH_MEAN, FAST_MOUTH_P99, FAST_MOUTH_MAX = (getattr(stated, prefix + "_MOUTH_" + k) for k in ("MEAN", "P99", "MAX"))
+    dtype, (mean_limit, p99_limit, max_limit) = {
+        "bfloat16": (torch.bfloat16, (stated.FAST_MOUTH_MEAN, stated.FAST_MOUTH_P99, stated.FAST_MOUTH_MAX)),
+        "int8": (torch.qint8, (stated.INT8_MOUTH_MEAN, stated.INT8_MOUTH_P99, stated.INT8_MOUTH_MAX))}[precision]
     monkeypatch.setattr(lipsync, "fast_dtype", lambda device: dtype)
     utterance = speech[3200:9600]
     outputs = {}
@@ -468,8 +469,8 @@ def test_fast_session_stays_within_the_fast_tolerance(model, avatar, speech, mon
         y1, y2, x1, x2 = avatar.box(fast.source_index)
         mouth = slice((y1 + y2) // 2, y2), slice(x1, x2)
         diff = np.abs(fast.image[mouth].astype(np.int16) - faithful.image[mouth])
-        assert diff.mean() <= FAST_MOUTH_MEAN and np.percentile(diff, 99) <= FAST_MOUTH_P99
-        assert diff.max() <= FAST_MOUTH_MAX
+        assert diff.mean() <= mean_limit and np.percentile(diff, 99) <= p99_limit
+        assert diff.max() <= max_limit
     assert any(not np.array_equal(a.image, b.image) for a, b in zip(outputs[False], outputs[True]))
     # On the same generator the fast session's frames are the offline core's, byte for byte.
     windows = inference.mel_chunks(audio.melspectrogram(utterance), avatar.fps)
@@ -479,3 +480,23 @@ def test_fast_session_stays_within_the_fast_tolerance(model, avatar, speech, mon
                                        windows, [avatar.box(s) for s in sources], batch_size=16)
     for frame, want in zip(outputs[True], offline):
         np.testing.assert_array_equal(frame.image, want)
+
+
+def test_int8_session_makes_each_frame_as_soon_as_it_can(model, avatar, speech, monkeypatch):
+    """The int8 generator runs one face at a time, so a session behind its audio hands it one
+    frame per call: a batch would hold back its first frames until its last was made. The
+    faithful generator still takes what is ready as one batch."""
+    import lipsync
+
+    monkeypatch.setattr(lipsync, "fast_dtype", lambda device: torch.qint8)
+    batches = []
+    generate_batch = lipsync.generate_batch
+    monkeypatch.setattr(lipsync, "generate_batch", lambda model, items, *rest: batches.append(len(items))
+                        or generate_batch(model, items, *rest))
+    for fast, expected in ((True, [1] * 8), (False, [8])):
+        batches.clear()
+        session = live.Session(model, avatar, fast=fast, batch_size=8)
+        session.push(speech[:16000])  # a second of speech queued before the first read: 8 frames ready
+        frames = [session.read() for _ in range(8)]
+        assert all(f.speaking for f in frames) and [f.index for f in frames] == list(range(8))
+        assert batches == expected, batches
