@@ -116,8 +116,8 @@ def in_background(iterable, depth):
                 iterable.close()
 
     worker = threading.Thread(target=work, daemon=True)
-    worker.start()
     try:
+        worker.start()  # inside the try: a signal can land while the thread starts
         while True:
             item, error = ready.get()
             if error is not None:
@@ -127,7 +127,8 @@ def in_background(iterable, depth):
             yield item
     finally:
         stop.set()
-        worker.join()
+        if worker.ident is not None:  # it started
+            worker.join()
 
 
 # --------------------------------------------------------------------------- pipeline

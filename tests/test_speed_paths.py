@@ -256,6 +256,34 @@ def test_background_iteration_passes_errors_and_stops_early():
     assert len(produced) <= 5 + 1 + 3 + 1  # what was consumed, the queue, one in flight
 
 
+def test_background_iteration_stops_its_worker_when_a_signal_lands_while_it_starts(monkeypatch):
+    """Ctrl-C or SIGTERM (inference.Interrupted, raised in the main thread) can land while the
+    worker thread is being started; the worker is stopped and joined all the same, so that
+    nothing goes on iterating (and the caller can close the iterable: a worker still in it made
+    the CLI end with "generator already executing")."""
+    import threading
+
+    def endless():
+        while True:
+            yield 0
+
+    start = threading.Thread.start
+    workers = []
+
+    def start_then_interrupt(thread):
+        start(thread)
+        workers.append(thread)
+        raise inference.Interrupted(15)
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    with pytest.raises(inference.Interrupted):
+        next(inference.in_background(endless(), 2))
+    monkeypatch.undo()
+    assert len(workers) == 1
+    workers[0].join(5)
+    assert not workers[0].is_alive()
+
+
 # --------------------------------------------------------------------------- fast detection
 def test_keyframes_cover_every_batch_end():
     assert keyframe_indices(16, 8) == [0, 8, 15]
