@@ -4,6 +4,7 @@
     python bench_serve.py --checkpoint_path ckpt.pth --face face.mp4 --speech speech.wav --minutes 5 --fast
                                                          # one 720p avatar over WebRTC: late frames, latency
     python bench_serve.py ... --size 854x480 --sessions 2 --fast     # concurrent sessions
+    python bench_serve.py --encoders --face face.mp4 --size 1280x720 # WebRTC video encoding alone
 
 The WebRTC runs start serve.py on a free local port, prepare an avatar from --face (scaled to
 --size, face detected), and connect aiortc clients that stream --speech over the WebSocket at
@@ -204,6 +205,34 @@ def prepare_avatar(url, face, fast):
         raise RuntimeError("avatar preparation %s: %s" % (status["state"], status["error"]))
 
 
+def encoders(face, size, frames=150):
+    """Median ms per frame of aiortc's VP8 and H.264 encoders on `face`'s frames scaled to `size`."""
+    import fractions
+
+    import av
+    import cv2
+    from aiortc.codecs import get_encoder
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    import videoio
+
+    width, height = size
+    images = [cv2.resize(image, (width, height)) for _, image in zip(range(75), videoio.read_frames(face))]
+    for codec in ("video/VP8", "video/H264"):
+        encoder = get_encoder(RTCRtpCodecParameters(mimeType=codec, clockRate=90000))
+        times = []
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(images[i % len(images)], format="bgr24")
+            frame.pts, frame.time_base = i * 3600, fractions.Fraction(1, 90000)
+            start = time.perf_counter()
+            encoder.encode(frame)
+            times.append(time.perf_counter() - start)
+        times = times[10:]  # the first frames set the encoder up
+        print("%s %dx%d: median %.1f ms a frame, p90 %.1f (%d frames)" % (
+            codec, width, height, statistics.median(times) * 1000,
+            statistics.quantiles(times, n=10)[-1] * 1000, len(times)))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stacks", action="store_true", help="compare minimal aiohttp and FastAPI/uvicorn apps")
@@ -215,9 +244,14 @@ def main():
     p.add_argument("--sessions", type=int, default=1, help="concurrent live sessions")
     p.add_argument("--minutes", type=float, default=5.0)
     p.add_argument("--fast", action="store_true", help="serve.py --fast")
+    p.add_argument("--encoders", action="store_true", help="time aiortc's video encoders on --face at --size")
     args = p.parse_args()
     if args.stacks:
         stacks(args.runs)
+    elif args.encoders:
+        if not args.face:
+            p.error("--encoders needs --face")
+        encoders(args.face, tuple(int(v) for v in args.size.split("x")))
     elif not (args.checkpoint_path and args.face and args.speech):
         p.error("give --stacks, or --checkpoint_path, --face and --speech for a WebRTC run")
     else:

@@ -401,7 +401,8 @@ def build_parser():
                    help="live sessions at once (default: what 2 CPU cores run in real time)")
     p.add_argument("--fast", action="store_true", help="live sessions in reduced precision (see inference.py --fast)")
     p.add_argument("--live_batch_size", type=int, default=4,
-                   help="frames the live generator computes at once (smaller: lower latency, more CPU per frame)")
+                   help="frames the live generator computes at once (smaller: lower latency, more CPU per frame; "
+                        "the int8 generator of --fast on CPUs takes one)")
     p.add_argument("--lookahead", type=int, default=8,
                    help="live frames computed ahead of their time (at least a batch; more: fewer late frames, "
                         "more latency)")
