@@ -4,6 +4,7 @@ many sessions keep up at once.
 
     python bench_live.py --height 720 --fast --minutes 5
     python bench_live.py --height 480 --minutes 2 --sessions 2
+    python bench_live.py --height 720 --fast --stages    # per-stage costs of a frame
 
 Each session gets its own thread pushing 20 ms chunks of real speech on the wall clock
 (utterances of --utterance seconds with --pause seconds between, each ended explicitly, as a
@@ -24,6 +25,7 @@ import threading
 import time
 
 import numpy as np
+import torch
 
 import benchmark
 import inference
@@ -179,6 +181,43 @@ def report(args, avatar, sessions, speakers, readers, memory, wall, cpu):
                                                             rss_mb("VmHWM")))
 
 
+def stages(args, model, avatar_path, speech, calls=100):
+    """Per-stage costs of a speech frame: the generator alone (one face a call, in a loop), then
+    the engine with speech queued ahead (a simulated clock: read as fast as frames come)."""
+    import lipsync
+
+    avatar = live.load_avatar(avatar_path)
+    session = live.Session(model, avatar, fast=args.fast)
+    mel, face = lipsync.calibration_input(1, seed=1)
+
+    def loop():
+        with torch.inference_mode():
+            for _ in range(10):
+                session.generator(mel, face)
+            times = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                session.generator(mel, face)
+                times.append(time.perf_counter() - start)
+        return times
+
+    alone = np.array(lipsync.on_compute_thread(loop)) * 1000
+    session.push(speech[:6 * 16000])
+    session.end_utterance()
+    frames, start = 0, time.perf_counter()
+    while session.read().speaking:
+        frames += 1
+    wall = (time.perf_counter() - start) / frames * 1000
+    generate, paste = (session.clock.seconds[k] / frames * 1000 for k in ("generate", "paste"))
+    width, height = avatar.size
+    print("avatar %dx%d, %s: generator alone ms per face median %.1f p90 %.1f (%d calls)"
+          % (width, height, "fast" if args.fast else "faithful", np.median(alone), np.percentile(alone, 90), calls))
+    print("engine, speech queued ahead (%d frames): %.1f ms a frame = generate %.1f (crop, input, model) "
+          "+ paste %.1f + the rest %.1f (avatar read, planning, mel window, frame)"
+          % (frames, wall, generate, paste, wall - generate - paste))
+    avatar.close()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint_path", default=None, help="Wav2Lip checkpoint (default: deterministic weights)")
@@ -190,6 +229,8 @@ def main(argv=None):
     p.add_argument("--utterance", type=float, default=8.0, help="seconds of speech per utterance")
     p.add_argument("--pause", type=float, default=1.0, help="seconds of silence between utterances")
     p.add_argument("--delay", type=float, default=0.3, help="player buffer in seconds for the late-frame count")
+    p.add_argument("--stages", action="store_true",
+                   help="per-stage costs instead: the generator alone, and the engine with speech queued ahead")
     p.add_argument("--device", default="cpu")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "wav2lip-bench-live"),
                    help="folder for the generated avatar, speech and weights (kept between runs)")
@@ -203,7 +244,7 @@ def main(argv=None):
         benchmark.make_speech(speech_path, 60, SPEECH)
     import audio
 
-    run(args, model, avatar_path, audio.load_wav(speech_path))
+    (stages if args.stages else run)(args, model, avatar_path, audio.load_wav(speech_path))
 
 
 def make_avatar(work, height):
