@@ -30,7 +30,7 @@ import torch
 import benchmark
 import inference
 import live
-from lipsync import MEL_STEP_SIZE, mel_chunk_start, mel_chunk_starts
+from lipsync import MEL_STEP_SIZE, calibration_input, mel_chunk_start, mel_chunk_starts, on_compute_thread
 
 SPEECH = ("jfk.wav", "fleurs-fr-001.ogg", "fleurs-de-009.ogg")
 CHUNK = 320                                                   # 20 ms at 16 kHz
@@ -184,11 +184,9 @@ def report(args, avatar, sessions, speakers, readers, memory, wall, cpu):
 def stages(args, model, avatar_path, speech, calls=100):
     """Per-stage costs of a speech frame: the generator alone (one face a call, in a loop), then
     the engine with speech queued ahead (a simulated clock: read as fast as frames come)."""
-    import lipsync
-
     avatar = live.load_avatar(avatar_path)
     session = live.Session(model, avatar, fast=args.fast)
-    mel, face = lipsync.calibration_input(1, seed=1)
+    mel, face = calibration_input(1, seed=1)
 
     def loop():
         with torch.inference_mode():
@@ -201,7 +199,7 @@ def stages(args, model, avatar_path, speech, calls=100):
                 times.append(time.perf_counter() - start)
         return times
 
-    alone = np.array(lipsync.on_compute_thread(loop)) * 1000
+    alone = np.array(on_compute_thread(loop)) * 1000
     session.push(speech[:6 * 16000])
     session.end_utterance()
     frames, start = 0, time.perf_counter()

@@ -34,6 +34,13 @@ from options import OptionsError, SyncOptions
 # time per frame is the same from 8 to 128, and at 720p the peak memory is 1.15 GB against
 # 1.6 GB and more at 128 (the frames of a batch wait, decoded, for their faces).
 CPU_GENERATOR_BATCH = 16
+
+
+def generator_batch_size(requested, device):
+    """Frames the generator takes per call on `device`: `requested`, at most CPU_GENERATOR_BATCH on the CPU."""
+    return min(requested, CPU_GENERATOR_BATCH) if device.type == "cpu" else requested
+
+
 DECODE_AHEAD = 8
 # x264 presets at CRF 18, encoding the benchmark's 10 s of 720p on 2 idle cores: "medium" 5.1 s,
 # 3.4 MB, PSNR 40.9 dB; "veryfast" 2.4 s, 3.1 MB, 40.8 dB; "superfast" 1.4 s, 5.7 MB, 40.9 dB;
@@ -383,9 +390,7 @@ def _render(model, source, windows, boxes, shape, outfile, audio_path, options, 
     """Generate, paste and encode every output frame, streaming."""
     device = next(model.parameters()).device
     generator = inference_model(model, fast_dtype(device) if options.fast else None)
-    batch_size = options.wav2lip_batch_size
-    if device.type == "cpu":
-        batch_size = min(batch_size, CPU_GENERATOR_BATCH)
+    batch_size = generator_batch_size(options.wav2lip_batch_size, device)
     count = len(windows)
     height, width = shape[:2]
     # Decoded frames wait a few at a time; generated ones a batch, so that the encoder has work

@@ -21,7 +21,7 @@ import soxr
 import audio
 import lipsync
 from hparams import hparams as hp
-from inference import CPU_GENERATOR_BATCH
+from inference import generator_batch_size
 
 from .mel import StreamingMel
 
@@ -158,9 +158,8 @@ class Session:
         self.avatar, self.fast, self.fps = avatar, fast, avatar.fps
         self.generator = generator_for(model, fast)
         device = next(model.parameters()).device
-        self.batch_size = batch_size or avatar.options.wav2lip_batch_size
-        if device.type == "cpu":
-            self.batch_size = min(self.batch_size, CPU_GENERATOR_BATCH)
+        self.batch_size = generator_batch_size(batch_size or avatar.options.wav2lip_batch_size, device)
+        # A generator that computes faces one by one gets one: a batch would hold back its first frames.
         self.batch_size = min(self.batch_size, getattr(self.generator, "faces_per_call", self.batch_size))
         self.silence_gap, self.silence_level = silence_gap, silence_level
         self.clock = lipsync.StageClock()
