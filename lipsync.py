@@ -52,7 +52,7 @@ def _marked(fn, args, kwargs):
 # --------------------------------------------------------------------------- model
 def load_model(path, device="cpu"):
     """A Wav2Lip generator with the weights of `path` (official or our checkpoints), in eval
-    mode; built on the compute thread."""
+    mode; built on the compute thread. On the CPU, OpenCV then runs on its calling threads."""
     return on_compute_thread(_load_model, path, device)
 
 
@@ -60,6 +60,12 @@ def _load_model(path, device):
     from models import Wav2Lip
     from models.checkpoint import load_weights
 
+    if torch.device(device).type == "cpu":
+        # The generator's threads take every core. OpenCV's pool, woken for a face's resize,
+        # then spins beside them: live at 480p, int8, 2 cores, generation took 32.6-37.1 ms a
+        # frame and 117-652 frames a minute were late, against 30.1-30.4 ms and 3-27 with
+        # OpenCV on the calling thread (measured, alternating runs).
+        cv2.setNumThreads(1)
     model = Wav2Lip()
     load_weights(model, path, what="Wav2Lip")
     return model.to(device).eval()
@@ -241,7 +247,13 @@ def _quantized(model):
         prepared(mel, face)
     quantized = convert_fx(prepared)
     with torch.no_grad():  # TorchScript runs the ~250 int8 ops at a third less time than fx's Python
-        return _OneAtATime(torch.jit.freeze(torch.jit.trace(quantized, (mel[:1], face[:1])).eval()))
+        frozen = torch.jit.freeze(torch.jit.trace(quantized, (mel[:1], face[:1])).eval())
+    # TorchScript's profiling executor specialises the graph on its first two calls (measured
+    # 65 and 42 ms, then 25): made here, not on a live session's first frames.
+    with torch.inference_mode():
+        for _ in range(2):
+            frozen(mel[:1], face[:1])
+    return _OneAtATime(frozen)
 
 
 class _OneAtATime(torch.nn.Module):

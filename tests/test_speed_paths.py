@@ -222,6 +222,17 @@ def test_subpixel_transposed_convolution_equals_the_transposed_one(wav2lip):
         assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
+def test_a_cpu_model_keeps_opencv_on_the_calling_thread(tmp_path, check):
+    """OpenCV's pool, woken for each face's resize, would spin beside the generator's threads."""
+    import cv2
+
+    path = tmp_path / "wav2lip.pth"
+    torch.save(check.make_state_dict("wav2lip", 11), path)
+    cv2.setNumThreads(2)
+    inference.load_model(str(path), "cpu")
+    assert cv2.getNumThreads() == 1
+
+
 def test_fast_precision_follows_the_hardware(monkeypatch):
     """--fast: float16 on CUDA, bfloat16 where the CPU computes it, else int8 on x86."""
     import lipsync
