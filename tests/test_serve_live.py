@@ -85,6 +85,27 @@ class AudioMonitor:
         return out[::rate // 16000]
 
 
+def test_video_frames_reach_the_encoder_as_yuv420p():
+    """The pacer converts each frame with OpenCV, so aiortc's encoder thread does not (swscale):
+    the same luma within a level, and decoded back no further from the frame than swscale's."""
+    import av
+    import videoio
+    from server.rtc import video_frame
+
+    image = next(iter(videoio.read_frames(str(MEDIA / "bbaf2n.mpg"))))          # 360x288, BGR
+    out = video_frame(live.Frame(image, np.zeros(640, np.int16), 1.0, 25, 0, False))
+    assert out.format.name == "yuv420p" and (out.width, out.height) == (360, 288) and out.pts == 90000
+    swscale = av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p")
+    assert np.abs(out.to_ndarray()[:288].astype(int) - swscale.to_ndarray()[:288]).max() <= 1
+
+    def decoded_error(frame):
+        return np.abs(frame.reformat(format="bgr24").to_ndarray().astype(int) - image).mean()
+
+    assert decoded_error(out) <= decoded_error(swscale)
+    odd = video_frame(live.Frame(image[:-1, :-1], np.zeros(640, np.int16), 0.0, 0, 0, False))
+    assert odd.format.name == "bgr24" and np.array_equal(odd.to_ndarray(), image[:-1, :-1])
+
+
 def test_uploaded_speech_over_webrtc(server):
     """The face region changes only during the utterance, the rest stays the avatar's (up to
     codec loss), the avatar idles again afterwards, and audio and video agree within one frame."""
