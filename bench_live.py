@@ -12,7 +12,9 @@ TTS voice does) and a reader thread that asks for frame i no earlier than its ti
 output clock, t0 + i / fps, as a server would. A frame is late when it is ready after
 t0 + pts + --delay (the player's buffer: the 212.5 ms the model looks ahead plus the processing
 budget). Processing latency: from the arrival of the last sample a frame's window needs (or of
-the utterance's end, for its last frames) to the frame being ready. Without --checkpoint_path
+the utterance's end, for its last frames) to the frame being ready. On a virtual machine the run
+also reports CPU steal (the hypervisor running other guests on its CPUs, from /proc/stat) and
+how many late frames fell in 10-second windows of 5% steal or more. Without --checkpoint_path
 the conformance kit's deterministic weights are used (the cost is the real one); the avatar is
 the GRID clip bbaf2n (Cooke et al. 2006, CC BY 4.0) scaled to cover the chosen height, with its
 face box given (no detection).
@@ -136,18 +138,23 @@ def run(args, model, avatar_path, speech):
     stops = [threading.Event() for _ in sessions]
     speakers = [Speaker(s, speech, args, stop) for s, stop in zip(sessions, stops)]
     readers = [Reader(s, frames, stop) for s, stop in zip(sessions, stops)]
-    memory, cpu0, wall0 = [], cpu_seconds(), time.perf_counter()
+    memory, steal, cpu0, wall0 = [], [], cpu_seconds(), time.perf_counter()
     for thread in speakers + readers:
         thread.start()
+    last = benchmark.cpu_ticks()
     while any(r.is_alive() for r in readers):
         time.sleep(1.0)
         memory.append((time.perf_counter() - wall0, rss_mb()))
+        now = benchmark.cpu_ticks()
+        steal.append((time.perf_counter(), (now[0] - last[0]) / max(1, now[1] - last[1])))
+        last = now
     wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
     for stop in stops:
         stop.set()
     for speaker in speakers:
         speaker.join(5)
     report(args, avatar, sessions, speakers, readers, memory, wall, cpu)
+    report_steal(args, readers, steal, avatar.fps)
     avatar.close()
 
 
@@ -179,6 +186,24 @@ def report(args, avatar, sessions, speakers, readers, memory, wall, cpu):
           % (stage["generate"], stage["paste"], cpu / wall / args.sessions))
     print("RSS MB at 1 min %.0f, at end %.0f, peak %.0f" % (at_minute, memory[-1][1] if memory else float("nan"),
                                                             rss_mb("VmHWM")))
+
+
+def report_steal(args, readers, steal, fps, window=10, high=0.05):
+    """CPU steal over the run, and how many late frames fell in its 10-second windows of 5% or
+    more (a shared VM's neighbours taking its CPUs), against the other windows."""
+    if not steal or not any(s for _, s in steal):
+        return
+    start = steal[0][0] - 1.0
+    windows = {}
+    for t, s in steal:
+        windows.setdefault(int((t - start) // window), []).append(s)
+    stolen = {w for w, values in windows.items() if np.mean(values) >= high}
+    late = [int((ready - start) // window) for r in readers for index, _, ready in r.records
+            if ready > r.t0 + index / fps + args.delay]
+    print("CPU steal: mean %.1f%%, max %.1f%% in a second; %d of %d %d-s windows at %.0f%% or more, holding "
+          "%d of the %d late frames" % (100 * np.mean([s for _, s in steal]), 100 * max(s for _, s in steal),
+                                        len(stolen), len(windows), window, 100 * high,
+                                        sum(w in stolen for w in late), len(late)))
 
 
 def stages(args, model, avatar_path, speech, calls=100):

@@ -153,6 +153,7 @@ def webrtc(args):
     import numpy as np
 
     import audio
+    import benchmark
 
     folder = tempfile.mkdtemp(prefix="bench-serve-")
     size = tuple(int(v) for v in args.size.split("x"))
@@ -167,7 +168,9 @@ def webrtc(args):
         url = "http://127.0.0.1:%d" % port
         prepare_avatar(url, face, args.fast)
         speech = np.clip(np.rint(audio.load_wav(args.speech, 16000) * 32768), -32768, 32767).astype(np.int16)
+        before = benchmark.cpu_ticks()
         results = asyncio.run(run_clients(url, args.sessions, args.minutes * 60, speech, 25.0))
+        after = benchmark.cpu_ticks()
     finally:
         proc.terminate()
         proc.wait(30)
@@ -178,6 +181,9 @@ def webrtc(args):
               % (i, stats["frames"], stats["seconds"], stats["frames"] / stats["seconds"], stats["late"],
                  stats["dropped"], received, 1000 * statistics.median(latencies) if latencies else float("nan"),
                  len(latencies)))
+    if after[1] > before[1]:
+        print("CPU steal (the hypervisor running other guests on this VM's CPUs): %.1f%% of the run"
+              % (100 * (after[0] - before[0]) / (after[1] - before[1])))
 
 
 def prepare_avatar(url, face, fast):

@@ -32,6 +32,18 @@ GRID_FACE_BOX = (60, 220, 110, 250)        # y1, y2, x1, x2 of the speaker's fac
 STAGES = ("decode", "detect", "mel", "generate", "paste", "encode")
 
 
+# --------------------------------------------------------------------------- machine
+def cpu_ticks():
+    """(steal, total) clock ticks of all CPUs since boot (Linux /proc/stat; zeros elsewhere).
+    Steal is the time the hypervisor ran other guests on this VM's CPUs."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    return ticks[7], sum(ticks)
+
+
 # --------------------------------------------------------------------------- inputs
 def cover_transform(src_size, size):
     """Scale and (x, y) offset that make a src_size (w, h) frame cover `size` (w, h), centred."""
