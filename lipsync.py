@@ -157,12 +157,15 @@ def cpu_flags():
         return frozenset()
 
 
-# Left in float32 by int8_generator: the first two decoder stages (the audio embedding's 1x1
-# and 3x3 maps, 8% of the weights, 1% of the work) carried most of the int8 error. Measured on
-# GRID faces with the deterministic weights of seeds 11 and 12, mouth region against float32:
-# everything int8, mean 3.7 levels, p99 15, max 39-51; these two kept, mean 1.6-2.1, p99 6-8,
-# max 13-22; also keeping the audio encoder or the deepest face stages changed nothing.
-INT8_FLOAT_STAGES = ("generator.face_decoder_blocks.0", "generator.face_decoder_blocks.1")
+# Kept out of int8_generator's static quantization: the first two decoder stages (the audio
+# embedding's 1x1 and 3x3 maps, 8% of the weights, 1% of the work) carried most of its error.
+# Measured on GRID faces with the deterministic weights of seeds 11 and 12, mouth region against
+# float32: everything static int8, mean 3.7 levels, p99 15, max 39-51; these two in float32, mean
+# 1.6-2.1, p99 6-8, max 13-22; also keeping the audio encoder or the deepest face stages changed
+# nothing. They run as matrix products with int8 weights and activations scaled per call
+# (dynamic quantization): the same error (mean 1.71-1.80 against 1.72-1.81 in float32, seed 11),
+# a quarter of float32's 29 MB of weights to read per face, 0.9 ms a face faster.
+INT8_DYNAMIC_STAGES = ("generator.face_decoder_blocks.0", "generator.face_decoder_blocks.1")
 INT8_CALIBRATION_SIZE = 16
 
 
@@ -202,6 +205,53 @@ def _subpixel(model):
     return model
 
 
+class ConvAsLinear(torch.nn.Module):
+    """A stride-1 Conv2d as a matrix product over its unfolded input (the same sums), so that
+    dynamic quantization, which takes Linear layers only, can take it."""
+
+    def __init__(self, conv):
+        super().__init__()
+        assert conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+        self.kernel_size, self.padding = conv.kernel_size, conv.padding
+        self.linear = torch.nn.Linear(conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels)
+        self.linear.weight = torch.nn.Parameter(conv.weight.detach().flatten(1).clone())
+        self.linear.bias = torch.nn.Parameter(conv.bias.detach().clone())
+
+    def forward(self, x):
+        n, h, w = x.shape[0], x.shape[2], x.shape[3]
+        columns = torch.nn.functional.unfold(x, self.kernel_size, padding=self.padding).transpose(1, 2)
+        h = h + 2 * self.padding[0] - self.kernel_size[0] + 1
+        w = w + 2 * self.padding[1] - self.kernel_size[1] + 1
+        return self.linear(columns).transpose(1, 2).reshape(n, -1, h, w)
+
+
+class SpreadAsLinear(torch.nn.Module):
+    """A ConvTranspose2d(stride 1, padding 0) on 1x1 maps as one matrix product into its
+    kernel-sized output (the same sums), for dynamic quantization."""
+
+    def __init__(self, transposed):
+        super().__init__()
+        t = transposed
+        assert t.stride == (1, 1) and t.padding == (0, 0) and t.groups == 1
+        self.shape = (t.out_channels,) + t.kernel_size
+        taps = t.kernel_size[0] * t.kernel_size[1]
+        self.linear = torch.nn.Linear(t.in_channels, t.out_channels * taps)
+        self.linear.weight = torch.nn.Parameter(t.weight.detach().flatten(2).permute(1, 2, 0).reshape(-1, t.in_channels).clone())
+        self.linear.bias = torch.nn.Parameter(t.bias.detach().repeat_interleave(taps))
+
+    def forward(self, x):
+        return self.linear(x.flatten(1)).reshape((x.shape[0],) + self.shape)
+
+
+def _as_linear(stage):
+    """`stage` (an INT8_DYNAMIC_STAGES Sequential of conv blocks on 1x1 and 3x3 maps) with its
+    convolutions as ConvAsLinear / SpreadAsLinear, in place."""
+    for block in stage:
+        layer = block.conv_block[0]
+        block.conv_block[0] = SpreadAsLinear(layer) if isinstance(layer, torch.nn.ConvTranspose2d) else ConvAsLinear(layer)
+    return stage
+
+
 class _FrameGenerator(torch.nn.Module):
     """The generator on frames only, so that torch.fx can trace it (no branch on the rank)."""
 
@@ -215,9 +265,10 @@ class _FrameGenerator(torch.nn.Module):
 
 def int8_generator(model):
     """The generator with int8 weights and activations (x86 CPUs; about 3x float32's speed
-    there), except INT8_FLOAT_STAGES, as a frozen TorchScript module. Activation ranges come from fixed synthetic inputs
-    (calibration_input), so the result depends on the weights alone: faces calibrated this way
-    measured as close to float32 as calibrating on the video's own faces and speech."""
+    there; INT8_DYNAMIC_STAGES with activations scaled per call), as a frozen TorchScript
+    module. Activation ranges come from fixed synthetic inputs (calibration_input), so the
+    result depends on the weights alone: faces calibrated this way measured as close to float32
+    as calibrating on the video's own faces and speech."""
     if "x86" not in torch.backends.quantized.supported_engines:
         raise RuntimeError("int8 inference needs PyTorch's x86 quantized engine; run without --fast here")
     torch.backends.quantized.engine = "x86"
@@ -234,18 +285,20 @@ def _quiet_quantized(model):
 
 
 def _quantized(model):
-    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization import get_default_qconfig_mapping, per_channel_dynamic_qconfig, quantize_dynamic
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     frames = _FrameGenerator(_subpixel(_folded(model).float().cpu()))  # a folded copy
     qconfig = get_default_qconfig_mapping("x86").set_global(_int8_qconfig())
-    for name in INT8_FLOAT_STAGES:
+    for name in INT8_DYNAMIC_STAGES:
+        _as_linear(frames.get_submodule(name))
         qconfig.set_module_name(name, None)
     mel, face = calibration_input(INT8_CALIBRATION_SIZE)
     prepared = prepare_fx(frames, qconfig, (mel[:1], face[:1]))
     with torch.inference_mode():
         prepared(mel, face)
-    quantized = convert_fx(prepared)
+    # The stages left out are its only Linear layers.
+    quantized = quantize_dynamic(convert_fx(prepared), {torch.nn.Linear: per_channel_dynamic_qconfig})
     with torch.no_grad():  # TorchScript runs the ~250 int8 ops at a third less time than fx's Python
         frozen = torch.jit.freeze(torch.jit.trace(quantized, (mel[:1], face[:1])).eval())
     # TorchScript's profiling executor specialises the graph on its first two calls (measured
@@ -402,7 +455,7 @@ def model_input(crops, mels, device, dtype=torch.float32):
 
 def generate(model, crops, mels):
     """uint8 (B, 96, 96, 3) faces the model makes for `crops` and their mel windows."""
-    param = next(model.parameters(), None)  # the int8 generator's are its float stages
+    param = next(model.parameters(), None)  # the int8 generator has none: CPU, float32 input
     device, dtype = (param.device, param.dtype) if param is not None else ("cpu", torch.float32)
     mel_t, face_t = model_input(crops, mels, device, dtype)
     with torch.inference_mode():

@@ -222,6 +222,22 @@ def test_subpixel_transposed_convolution_equals_the_transposed_one(wav2lip):
         assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
+def test_matrix_product_forms_equal_the_first_decoder_convolutions(wav2lip):
+    """The int8 generator's dynamically quantized stages, before quantization, on their real shapes."""
+    from lipsync import ConvAsLinear, SpreadAsLinear
+
+    stage0, stage1 = wav2lip.face_decoder_blocks[0], wav2lip.face_decoder_blocks[1]
+    cases = [(ConvAsLinear, stage0[0].conv_block[0], 1), (SpreadAsLinear, stage1[0].conv_block[0], 1),
+             (ConvAsLinear, stage1[1].conv_block[0], 3)]
+    generator = torch.Generator().manual_seed(0)
+    for form, layer, size in cases:
+        x = torch.randn(2, layer.in_channels, size, size, generator=generator)
+        with torch.inference_mode():
+            expected, got = layer(x), form(layer)(x)
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
 def test_a_cpu_model_keeps_opencv_on_the_calling_thread(tmp_path, check):
     """OpenCV's pool, woken for each face's resize, would spin beside the generator's threads."""
     import cv2
