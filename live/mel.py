@@ -15,6 +15,11 @@ import audio
 from hparams import hparams as hp
 
 
+def column_count(length):
+    """The mel columns of an utterance of `length` samples: one STFT frame centred on every hop."""
+    return 1 + length // audio.hop_size()
+
+
 class StreamingMel:
     """Mel columns of one utterance: `push(samples)` and `end()` return the columns that became final."""
 

@@ -23,7 +23,7 @@ import lipsync
 from hparams import hparams as hp
 from inference import generator_batch_size
 
-from .mel import StreamingMel
+from .mel import StreamingMel, column_count
 
 # Audio a frame needs beyond its own first sample: its 16-column mel window plus the STFT's half window.
 LOOKAHEAD_SECONDS = ((lipsync.MEL_STEP_SIZE - 1) * hp.hop_size + hp.n_fft // 2) / hp.sample_rate
@@ -92,12 +92,19 @@ def as_mono(samples, sample_rate):
 
 
 class _Utterance:
-    """The queued speech of one utterance: its samples and mel columns from what is still needed on."""
+    """The queued speech of one utterance: its samples and mel columns from what is still needed on.
+
+    Pushed samples wait in `unheard` until a frame's window asks for columns: the mel is then
+    computed on the reading thread, between generator calls, rather than on the pushing thread
+    beside them (there, 0.4 ms of numpy every 20 ms chunk slowed the 2-core int8 generator by
+    1.9 ms a frame, paired median of 8 runs)."""
 
     def __init__(self):
         self.mel = StreamingMel()
         self.columns, self.column_base = np.zeros((hp.num_mels, 0)), 0
         self.samples, self.sample_base = np.zeros(0, np.float32), 0
+        self.length = 0             # samples pushed
+        self.unheard = []           # pushed samples not yet given to self.mel
         self.quiet = 0              # trailing silent samples, for the silence gap
         self.starts = None          # mel_chunk_starts, once ended
         self.first_index = None     # output index of its first frame, once it plays
@@ -109,16 +116,25 @@ class _Utterance:
 
     def add(self, x):
         self.samples = np.concatenate([self.samples, x])
-        self.columns = np.concatenate([self.columns, self.mel.push(x)], axis=1)
+        self.unheard.append(x)
+        self.length += len(x)
+
+    def hear(self):
+        """Mel columns for every sample pushed so far (and the last ones, once ended)."""
+        if self.unheard:
+            x, self.unheard = np.concatenate(self.unheard), []
+            self.columns = np.concatenate([self.columns, self.mel.push(x)], axis=1)
+        if self.ended and not self.mel.ended:
+            self.columns = np.concatenate([self.columns, self.mel.end()], axis=1)
 
     def end(self, fps):
-        if self.mel.length < MIN_UTTERANCE:
-            self.add(np.zeros(MIN_UTTERANCE - self.mel.length, np.float32))
-        self.columns = np.concatenate([self.columns, self.mel.end()], axis=1)
-        self.starts = lipsync.mel_chunk_starts(self.mel.columns, fps)
+        if self.length < MIN_UTTERANCE:
+            self.add(np.zeros(MIN_UTTERANCE - self.length, np.float32))
+        self.starts = lipsync.mel_chunk_starts(column_count(self.length), fps)
 
     def window(self, j, fps):
         """Mel window of frame j, or None while its columns are not final."""
+        self.hear()
         if self.ended:
             start = self.starts[min(j, len(self.starts) - 1)]
         else:
@@ -130,7 +146,7 @@ class _Utterance:
 
     def audio(self, begin, end):
         """int16 samples [begin, end) of the utterance (zero past its end), or None while not arrived."""
-        if end > self.mel.length and not self.ended:
+        if end > self.length and not self.ended:
             return None
         x = self.samples[begin - self.sample_base:end - self.sample_base]
         x = np.pad(x, (0, end - begin - len(x)))
@@ -311,7 +327,7 @@ class Session:
         """Frames of an ended utterance: the offline core's, or more to carry all its samples."""
         count = len(utterance.starts)
         origin = self._sample(utterance.first_index)
-        while self._sample(utterance.first_index + count) - origin < utterance.mel.length:
+        while self._sample(utterance.first_index + count) - origin < utterance.length:
             count += 1
         return count
 

@@ -137,6 +137,37 @@ def test_session_reproduces_the_offline_core_frame_for_frame(model, avatar, spee
     assert not out_audio[len(utterance):].any()
 
 
+def test_pushing_only_queues_the_mel_is_computed_where_frames_are_read(model, avatar, speech, monkeypatch):
+    """The pushing thread does no mel work (it would run beside the generator's threads): the
+    reading thread computes it, between generator calls, and the frames come out as before."""
+    from live.mel import StreamingMel
+
+    computed_on = []
+    push = StreamingMel.push
+
+    def recording(self, samples):
+        computed_on.append(threading.current_thread())
+        return push(self, samples)
+
+    monkeypatch.setattr(StreamingMel, "push", recording)
+    session = live.Session(model, avatar)
+    for i in range(0, 16000, CHUNK):
+        session.push(speech[i:i + CHUNK])
+    session.end_utterance()
+    assert not computed_on
+    frames = []
+
+    def read_the_utterance():
+        while len(frames) < 100 and (not frames or frames[-1].speaking or not any(f.speaking for f in frames)):
+            frames.append(session.read(timeout=10))
+
+    reader = threading.Thread(target=read_the_utterance)
+    reader.start()
+    reader.join(60)
+    assert sum(f.speaking for f in frames) == 25 and not frames[-1].speaking
+    assert computed_on and set(computed_on) == {reader}
+
+
 def test_idle_frames_are_the_avatars_own_in_ping_pong(model, avatar):
     """Acceptance 2: idle frames are the avatar's frames byte for byte, forward then backward."""
     session = live.Session(model, avatar)
