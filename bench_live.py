@@ -32,6 +32,7 @@ import torch
 import benchmark
 import inference
 import live
+from live.mel import column_count
 from lipsync import MEL_STEP_SIZE, calibration_input, mel_chunk_start, mel_chunk_starts, on_compute_thread
 
 SPEECH = ("jfk.wav", "fleurs-fr-001.ogg", "fleurs-de-009.ogg")
@@ -116,7 +117,7 @@ def latencies(reader, speaker, fps):
             break
         samples = counts[-1]
         frames = max(-(-samples * round(fps) // 16000),
-                     len(mel_chunk_starts(1 + samples // 200, fps)))
+                     len(mel_chunk_starts(column_count(samples), fps)))
         runs.append(spoken[:frames])
         spoken = spoken[frames:]
     for (counts, times, end), ready_times in zip(speaker.utterances, runs):
@@ -146,7 +147,7 @@ def run(args, model, avatar_path, speech):
         time.sleep(1.0)
         memory.append((time.perf_counter() - wall0, rss_mb()))
         now = benchmark.cpu_ticks()
-        steal.append((time.perf_counter(), (now[0] - last[0]) / max(1, now[1] - last[1])))
+        steal.append((time.perf_counter(), benchmark.steal_between(last, now)))
         last = now
     wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
     for stop in stops:

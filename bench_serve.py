@@ -183,7 +183,7 @@ def webrtc(args):
                  len(latencies)))
     if after[1] > before[1]:
         print("CPU steal (the hypervisor running other guests on this VM's CPUs): %.1f%% of the run"
-              % (100 * (after[0] - before[0]) / (after[1] - before[1])))
+              % (100 * benchmark.steal_between(before, after)))
 
 
 def prepare_avatar(url, face, fast):

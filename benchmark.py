@@ -44,6 +44,11 @@ def cpu_ticks():
     return ticks[7], sum(ticks)
 
 
+def steal_between(before, after):
+    """The fraction of CPU time stolen between two cpu_ticks() readings."""
+    return (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
 # --------------------------------------------------------------------------- inputs
 def cover_transform(src_size, size):
     """Scale and (x, y) offset that make a src_size (w, h) frame cover `size` (w, h), centred."""
