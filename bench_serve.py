@@ -212,34 +212,45 @@ def prepare_avatar(url, face, fast):
 
 
 def encoders(face, size, frames=150):
-    """Median ms per frame of aiortc's VP8 and H.264 encoders on `face`'s frames scaled to `size`,
-    as the server hands them over (server.rtc.video_frame's conversion timed apart)."""
+    """Median ms per frame of aiortc's VP8 and H.264 encoders and the server's VP8 encoder
+    (server.rtc.CleanVp8Encoder) on `face`'s frames scaled to `size`, as the server hands them
+    over (server.rtc.video_frame's conversion timed apart), and each one's luma PSNR (decoded)."""
     import cv2
     import numpy as np
-    from aiortc.codecs import get_encoder
+    from aiortc.codecs import depayload, get_decoder, get_encoder
+    from aiortc.jitterbuffer import JitterFrame
     from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
     import live
     import videoio
-    from server.rtc import video_frame
+    from server.rtc import CleanVp8Encoder, video_frame
 
     width, height = size
     images = [cv2.resize(image, (width, height)) for _, image in zip(range(75), videoio.read_frames(face))]
     silence = np.zeros(640, np.int16)
-    for codec in ("video/VP8", "video/H264"):
-        encoder = get_encoder(RTCRtpCodecParameters(mimeType=codec, clockRate=90000))
-        converting, encoding = [], []
+    codecs = {name: RTCRtpCodecParameters(mimeType=name, clockRate=90000) for name in ("video/VP8", "video/H264")}
+    for name, codec, encoder in (("aiortc VP8", codecs["video/VP8"], get_encoder(codecs["video/VP8"])),
+                                 ("server VP8", codecs["video/VP8"], CleanVp8Encoder()),
+                                 ("aiortc H.264", codecs["video/H264"], get_encoder(codecs["video/H264"]))):
+        decoder = get_decoder(codec)
+        converting, encoding, psnr = [], [], []
         for i in range(frames):
             start = time.perf_counter()
             frame = video_frame(live.Frame(images[i % len(images)], silence, i / 25, i, i % len(images), False))
             converted = time.perf_counter()
-            encoder.encode(frame)
+            payloads, timestamp = encoder.encode(frame)
             converting.append(converted - start)
             encoding.append(time.perf_counter() - converted)
+            data = b"".join(depayload(codec, payload) for payload in payloads)
+            for decoded in decoder.decode(JitterFrame(data, timestamp)):
+                luma = decoded.to_ndarray(format="gray").astype(np.float64)
+                reference = cv2.cvtColor(images[i % len(images)], cv2.COLOR_BGR2YUV)[:, :, 0]
+                psnr.append(10 * np.log10(255 ** 2 / max(1e-9, np.mean((luma - reference) ** 2))))
         converting, encoding = converting[10:], encoding[10:]  # the first frames set the encoder up
-        print("%s %dx%d: encoding median %.1f ms a frame, p90 %.1f; conversion to %s %.1f ms (%d frames)" % (
-            codec, width, height, statistics.median(encoding) * 1000, statistics.quantiles(encoding, n=10)[-1] * 1000,
-            frame.format.name, statistics.median(converting) * 1000, len(encoding)))
+        print("%s %dx%d: encoding median %.1f ms a frame, p90 %.1f; conversion to %s %.1f ms; luma PSNR %.1f dB "
+              "(%d frames)" % (name, width, height, statistics.median(encoding) * 1000,
+                               statistics.quantiles(encoding, n=10)[-1] * 1000, frame.format.name,
+                               statistics.median(converting) * 1000, statistics.mean(psnr[10:]), len(encoding)))
 
 
 def main():

