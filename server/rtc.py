@@ -21,11 +21,11 @@ import threading
 import time
 import uuid
 
+import aiortc.codecs
+import aiortc.rtcrtpsender
 import av
 import cv2
 import numpy as np
-import aiortc.codecs
-import aiortc.rtcrtpsender
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs.vpx import Vp8Encoder, number_of_threads
 from aiortc.mediastreams import MediaStreamError
@@ -89,9 +89,9 @@ def video_frame(frame):
 class CleanVp8Encoder(Vp8Encoder):
     """aiortc's VP8 encoder (its real-time settings, keyframe requests, bitrate estimates,
     packetization) with libvpx's temporal denoiser off: aiortc sets noise-sensitivity 4, which
-    at 720p took 10.3 ms a frame against 6.7 with it off, and gave 44.0 dB luma PSNR against
-    46.0 at the same 500 kbps (GRID frames scaled up, PyAV, 2-core Xeon). An avatar's frames
-    have no camera noise to remove."""
+    at 720p took 12.3 ms a frame against 9.0 with it off, and decoded to 42.5 dB luma PSNR
+    against 44.4 at the same bitrate (`bench_serve.py --encoders`, GRID scaled up, 2-core Xeon).
+    An avatar's frames have no camera noise to remove."""
 
     def encode(self, frame, force_keyframe=False):
         if self.codec is None or self._stale(frame):
