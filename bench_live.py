@@ -88,6 +88,7 @@ class Reader(threading.Thread):
         super().__init__(daemon=True)
         self.session, self.count, self.stop = session, frames, stop
         self.records = []                                     # (index, speaking, ready time)
+        self.caught_up = 0                                    # speech frames sent without lip-sync (--max_lag)
         self.t0 = None
 
     def run(self):
@@ -102,6 +103,7 @@ class Reader(threading.Thread):
             if frame is None:
                 break
             self.records.append((frame.index, frame.speaking, time.perf_counter()))
+            self.caught_up += frame.caught_up
         self.stop.set()
 
 
@@ -135,7 +137,7 @@ def latencies(reader, speaker, fps):
 def run(args, model, avatar_path, speech):
     avatar = live.load_avatar(avatar_path)
     frames = round(args.minutes * 60 * avatar.fps)
-    sessions = [live.Session(model, avatar, fast=args.fast) for _ in range(args.sessions)]
+    sessions = [live.Session(model, avatar, fast=args.fast, max_lag=args.max_lag) for _ in range(args.sessions)]
     stops = [threading.Event() for _ in sessions]
     speakers = [Speaker(s, speech, args, stop) for s, stop in zip(sessions, stops)]
     readers = [Reader(s, frames, stop) for s, stop in zip(sessions, stops)]
@@ -179,6 +181,9 @@ def report(args, avatar, sessions, speakers, readers, memory, wall, cpu):
              speech_frames, wall, produced / wall / args.sessions))
     print("late frames (ready after pts + %.0f ms): %d; frames missing: %d" % (args.delay * 1000, late,
           args.sessions * round(args.minutes * 60 * fps) - produced))
+    if args.max_lag is not None:
+        print("speech frames caught up (sent with the avatar's own face, over --max_lag %.2f s): %d of %d"
+              % (args.max_lag, sum(r.caught_up for r in readers), speech_frames))
     print("processing latency ms p50 %.1f p95 %.1f max %.1f; speech-to-first-frame ms p50 %.0f max %.0f "
           "(look-ahead %.1f ms)" % (percentile(processing, 50), percentile(processing, 95),
                                     percentile(processing, 100), percentile(first, 50), percentile(first, 100),
@@ -253,6 +258,8 @@ def main(argv=None):
     p.add_argument("--utterance", type=float, default=8.0, help="seconds of speech per utterance")
     p.add_argument("--pause", type=float, default=1.0, help="seconds of silence between utterances")
     p.add_argument("--delay", type=float, default=0.3, help="player buffer in seconds for the late-frame count")
+    p.add_argument("--max_lag", type=float, default=None,
+                   help="live.Session's max_lag: speech frames further behind go out with the avatar's face")
     p.add_argument("--stages", action="store_true",
                    help="per-stage costs instead: the generator alone, and the engine with speech queued ahead")
     p.add_argument("--device", default="cpu")

@@ -25,7 +25,7 @@ import inference
 from hparams import parse_bool
 from options import OptionsError, SyncOptions
 from server.jobs import Job, JobQueue
-from server.rtc import LiveSessions, limit_arenas
+from server.rtc import LiveSessions, LiveSettings, limit_arenas
 from server.uploads import NAME, RequestError, TempRoot, check_name, keep_audio, keep_face, read_form, remove_folder
 
 log = logging.getLogger("serve")
@@ -139,12 +139,12 @@ def parse_options(fields, allowed=FORM_OPTIONS):
 
 # --------------------------------------------------------------------------- the server
 class Server:
-    def __init__(self, model, detector, avatars, temp_root, max_upload_mb=500, max_sessions=DEFAULT_MAX_SESSIONS,
-                 fast=False, keep_seconds=3600, live_batch_size=4, lookahead=8):
+    def __init__(self, model, detector, avatars, temp_root, max_upload_mb=500, keep_seconds=3600,
+                 live=LiveSettings(max_sessions=DEFAULT_MAX_SESSIONS)):
         self.model, self.detector, self.avatars, self.temp_root = model, detector, avatars, temp_root
         self.max_upload = int(max_upload_mb * (1 << 20))
         self.jobs = JobQueue(keep_seconds=keep_seconds)
-        self.sessions = LiveSessions(model, temp_root, max_sessions, fast, live_batch_size, lookahead)
+        self.sessions = LiveSessions(model, temp_root, live)
         os.makedirs(avatars, exist_ok=True)
 
     def avatar_path(self, name):
@@ -406,6 +406,9 @@ def build_parser():
     p.add_argument("--lookahead", type=int, default=8,
                    help="live frames computed ahead of their time (at least a batch; more: fewer late frames, "
                         "more latency)")
+    p.add_argument("--max_lag", type=float, default=None,
+                   help="seconds a live session may fall behind its speech (an overloaded CPU) before its speech "
+                        "frames go out with the avatar's own face to catch up (default: never; all lip-synced)")
     p.add_argument("--keep_results_minutes", type=float, default=60, help="how long finished job results are kept")
     p.add_argument("--tmp_dir", default=None, help="parent of the server's temporary folder (default: the system's)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
@@ -423,9 +426,10 @@ def main(argv=None):
         print("error: --host %s is reachable from other machines; pass --token or set %s" % (args.host, TOKEN_ENV),
               file=sys.stderr)
         return 1
-    if args.max_upload_mb <= 0 or args.max_sessions < 0 or args.live_batch_size < 1 or args.lookahead < 1:
-        print("error: --max_upload_mb must be above 0, --max_sessions at least 0, --live_batch_size and "
-              "--lookahead at least 1", file=sys.stderr)
+    if args.max_upload_mb <= 0 or args.max_sessions < 0 or args.live_batch_size < 1 or args.lookahead < 1 or \
+            (args.max_lag is not None and args.max_lag <= 0):
+        print("error: --max_upload_mb and --max_lag must be above 0, --max_sessions at least 0, --live_batch_size "
+              "and --lookahead at least 1", file=sys.stderr)
         return 1
     from face_detection import load_detector
     from models.checkpoint import CheckpointError
@@ -438,8 +442,9 @@ def main(argv=None):
     except (CheckpointError, OSError, ValueError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 1
-    server = Server(model, detector, args.avatars, TempRoot(args.tmp_dir), args.max_upload_mb, args.max_sessions,
-                    args.fast, args.keep_results_minutes * 60, args.live_batch_size, args.lookahead)
+    live_settings = LiveSettings(args.max_sessions, args.fast, args.live_batch_size, args.lookahead, args.max_lag)
+    server = Server(model, detector, args.avatars, TempRoot(args.tmp_dir), args.max_upload_mb,
+                    args.keep_results_minutes * 60, live_settings)
     log.info("serving on http://%s:%d/ (%s; uploads up to %g MB, %d live sessions at most)",
              args.host, args.port, "token required on every request" if token else "no token: local use only",
              args.max_upload_mb, args.max_sessions)

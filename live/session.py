@@ -44,6 +44,7 @@ class Frame:
     index: int                # output frame number
     source_index: int         # the avatar frame used
     speaking: bool
+    caught_up: bool = False   # a speech frame sent with the avatar's own face (the session was behind max_lag)
 
 
 def pingpong(index, count):
@@ -104,6 +105,7 @@ class _Utterance:
         self.columns, self.column_base = np.zeros((hp.num_mels, 0)), 0
         self.samples, self.sample_base = np.zeros(0, np.float32), 0
         self.length = 0             # samples pushed
+        self.arrivals = deque()     # (samples pushed, monotonic time) after each push, from what frames still need
         self.unheard = []           # pushed samples not yet given to self.mel
         self.quiet = 0              # trailing silent samples, for the silence gap
         self.starts = None          # mel_chunk_starts, once ended
@@ -114,10 +116,15 @@ class _Utterance:
     def ended(self):
         return self.starts is not None
 
-    def add(self, x):
+    def add(self, x, now):
         self.samples = np.concatenate([self.samples, x])
         self.unheard.append(x)
         self.length += len(x)
+        self.arrivals.append((self.length, now))
+
+    def arrival(self, needed):
+        """When sample count `needed` (or the utterance's last sample, if beyond) had arrived."""
+        return next((t for length, t in self.arrivals if length >= needed), self.arrivals[-1][1])
 
     def hear(self):
         """Mel columns for every sample pushed so far (and the last ones, once ended)."""
@@ -129,7 +136,7 @@ class _Utterance:
 
     def end(self, fps):
         if self.length < MIN_UTTERANCE:
-            self.add(np.zeros(MIN_UTTERANCE - self.length, np.float32))
+            self.add(np.zeros(MIN_UTTERANCE - self.length, np.float32), time.monotonic())
         self.starts = lipsync.mel_chunk_starts(column_count(self.length), fps)
 
     def window(self, j, fps):
@@ -157,6 +164,8 @@ class _Utterance:
         self.next += 1
         drop = next_sample - self.sample_base
         self.samples, self.sample_base = self.samples[drop:], next_sample
+        while len(self.arrivals) > 1 and self.arrivals[0][0] < next_sample:
+            self.arrivals.popleft()
         keep = max(self.column_base, min(lipsync.mel_chunk_start(self.next, fps),
                                          self.mel.columns - lipsync.MEL_STEP_SIZE))
         self.columns, self.column_base = self.columns[:, keep - self.column_base:], keep
@@ -167,10 +176,15 @@ class Session:
 
     `fast` runs the generator in reduced precision (as inference.py --fast); `silence_gap`
     (seconds) also ends an utterance after that much pushed silence (samples within
-    `silence_level`), and silence pushed between utterances is skipped. push, end_utterance
-    and interrupt may be called from other threads than read; read from one thread at a time."""
+    `silence_level`), and silence pushed between utterances is skipped. `max_lag` (seconds;
+    off by default, which keeps every speech frame the offline core's) bounds how far a session
+    that falls behind real time (an overloaded or stolen CPU) lags its speech: a speech frame
+    whose audio arrived more than `max_lag` before it is computed goes out with the avatar's
+    own face (`caught_up`, its audio unchanged), at no generator cost. push, end_utterance and
+    interrupt may be called from other threads than read; read from one thread at a time."""
 
-    def __init__(self, model, avatar, fast=False, *, silence_gap=None, silence_level=SILENCE_LEVEL, batch_size=None):
+    def __init__(self, model, avatar, fast=False, *, silence_gap=None, silence_level=SILENCE_LEVEL, batch_size=None,
+                 max_lag=None):
         self.avatar, self.fast, self.fps = avatar, fast, avatar.fps
         self.generator = generator_for(model, fast)
         device = next(model.parameters()).device
@@ -178,6 +192,9 @@ class Session:
         # A generator that computes faces one by one gets one: a batch would hold back its first frames.
         self.batch_size = min(self.batch_size, getattr(self.generator, "faces_per_call", self.batch_size))
         self.silence_gap, self.silence_level = silence_gap, silence_level
+        if max_lag is not None and not (isinstance(max_lag, (int, float)) and max_lag > 0):
+            raise LiveError("max_lag %r is not a duration; pass seconds above 0, or None" % (max_lag,))
+        self.max_lag = max_lag
         self.clock = lipsync.StageClock()
         self._cond = threading.Condition()
         self._reading = threading.Lock()
@@ -241,9 +258,10 @@ class Session:
             self._add(rest)
 
     def _add(self, x):
+        now = time.monotonic()
         if self.silence_gap is None:
             if len(x):
-                (self._open() or self._new_utterance()).add(x)
+                (self._open() or self._new_utterance()).add(x, now)
             return
         gap = max(1, round(self.silence_gap * hp.sample_rate))
         while len(x):
@@ -259,11 +277,11 @@ class Session:
             run = positions - last_loud
             reached = np.flatnonzero(run >= gap)
             if not len(reached):
-                utterance.add(x)
+                utterance.add(x, now)
                 utterance.quiet = int(run[-1])
                 return
             end = reached[0] + 1
-            utterance.add(x[:end])
+            utterance.add(x[:end], now)
             utterance.end(self.fps)
             x = x[end:]
 
@@ -319,7 +337,9 @@ class Session:
             if window is None or samples is None:
                 return plan or None
             self._take_index()
-            plan.append((index, pingpong(index, len(self.avatar)), window, samples))
+            late = self.max_lag is not None and \
+                time.monotonic() - utterance.arrival(self._sample(index + 1) - origin) > self.max_lag
+            plan.append((index, pingpong(index, len(self.avatar)), window, samples, late))
             utterance.advance(self._sample(index + 1) - origin, self.fps)
         return plan
 
@@ -332,10 +352,11 @@ class Session:
         return count
 
     def _render(self, plan):
-        items = [(self.avatar.frame(source), window, self.avatar.box(source)) for _, source, window, _ in plan]
-        images = lipsync.on_compute_thread(self._generate, items)
-        return [Frame(image, samples, index / self.fps, index, source, True)
-                for (index, source, _, samples), image in zip(plan, images)]
+        faces = [(self.avatar.frame(source), window, self.avatar.box(source))
+                 for _, source, window, _, late in plan if not late]
+        faces = iter(lipsync.on_compute_thread(self._generate, faces) if faces else [])
+        return [Frame(self.avatar.frame(source) if late else next(faces), samples, index / self.fps, index, source,
+                      True, late) for index, source, _, samples, late in plan]
 
     def _generate(self, items):
         with lipsync.full_float32(enabled=not self.fast):

@@ -319,13 +319,24 @@ class EchoResampler:
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
 
 
-class LiveSessions:
-    """The server's live sessions, at most `max_sessions` at once; the engine runs batches of
-    `batch_size` frames, read `lookahead` frames ahead of their time."""
+@dataclasses.dataclass(frozen=True)
+class LiveSettings:
+    """How the server runs live sessions: at most `max_sessions` at once, the engine in reduced
+    precision when `fast`, computing batches of `batch_size` frames read `lookahead` frames
+    ahead of their time; `max_lag` is live.Session's (None: every speech frame lip-synced)."""
+    max_sessions: int = 1
+    fast: bool = False
+    batch_size: int = 4
+    lookahead: int = 8
+    max_lag: float = None
 
-    def __init__(self, model, temp_root, max_sessions, fast=False, batch_size=4, lookahead=8):
-        self.model, self.temp_root, self.max_sessions, self.fast = model, temp_root, max_sessions, fast
-        self.batch_size, self.lookahead = batch_size, lookahead
+
+class LiveSessions:
+    """The server's live sessions, run as `settings` (a LiveSettings) say."""
+
+    def __init__(self, model, temp_root, settings=LiveSettings()):
+        self.model, self.temp_root, self.settings = model, temp_root, settings
+        self.max_sessions = settings.max_sessions
         self.sessions = {}
         use_clean_vp8()
 
@@ -345,7 +356,7 @@ class LiveSessions:
         if sdp_type != "offer" or not isinstance(sdp, str) or "m=" not in sdp:
             raise RequestError(400, "send a WebRTC offer: {\"avatar\", \"sdp\", \"type\": \"offer\"}")
         session = LiveSession(avatar_name, avatar, self.temp_root.folder("session"), asyncio.get_running_loop(),
-                              self.lookahead)
+                              self.settings.lookahead)
         self.sessions[session.id] = session
         try:
             answer = await self._negotiate(session, sdp, sdp_type)
@@ -377,9 +388,10 @@ class LiveSessions:
         except Exception as e:
             raise RequestError(400, "bad SDP offer (%s); send the offer your WebRTC stack created"
                                % (str(e).splitlines()[0] if str(e) else type(e).__name__))
-        session.engine = await asyncio.to_thread(live.Session, self.model, session.avatar, fast=self.fast,
+        settings = self.settings
+        session.engine = await asyncio.to_thread(live.Session, self.model, session.avatar, fast=settings.fast,
                                                  silence_gap=ECHO_SILENCE_GAP if session.echo else None,
-                                                 batch_size=self.batch_size)
+                                                 batch_size=settings.batch_size, max_lag=settings.max_lag)
         try:
             pc.addTrack(session.video)
             pc.addTrack(session.audio)

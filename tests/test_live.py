@@ -1,6 +1,7 @@
 """The live engine: avatars, the incremental mel, sessions against the offline core, idle,
 interrupt and the sample clock, on real media with the conformance kit's weights."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -215,6 +216,36 @@ def test_interrupt_returns_to_idle_within_one_frame(model, avatar, speech):
     for f in after:
         np.testing.assert_array_equal(f.image, avatar.frame(f.source_index))
         assert not f.audio.any()
+
+
+def test_a_session_behind_max_lag_catches_up_with_the_avatars_face(model, avatar, speech):
+    """Speech frames whose audio arrived more than max_lag before they are computed go out
+    with the avatar's own face (and their audio), so a session that fell behind catches up
+    instead of lagging further; fresher frames are lip-synced as without max_lag."""
+    def speaking_frames(session, first):
+        frames = [first]
+        while frames[-1].speaking:
+            frames.append(session.read(timeout=60))
+        return frames[:-1]
+
+    exact, bounded = (live.Session(model, avatar, batch_size=1, max_lag=lag) for lag in (None, 0.5))
+    exact.push(speech[:24000])
+    exact.end_utterance()
+    expected = speaking_frames(exact, exact.read())
+    bounded.push(speech[:24000])
+    bounded.end_utterance()
+    first = bounded.read()                                   # its audio has just arrived: lip-synced
+    time.sleep(0.6)                                          # now every later frame's audio is older than 0.5 s
+    got = speaking_frames(bounded, first)
+    assert [f.index for f in got] == [f.index for f in expected] and len(got) > 30
+    assert not first.caught_up and np.array_equal(first.image, expected[0].image)
+    assert all(f.caught_up for f in got[1:]) and not any(f.caught_up for f in expected)
+    for f, e in zip(got[1:], expected[1:]):
+        np.testing.assert_array_equal(f.image, avatar.frame(f.source_index))
+        np.testing.assert_array_equal(f.audio, e.audio)
+    assert not np.array_equal(expected[1].image, avatar.frame(expected[1].source_index))
+    with pytest.raises(live.LiveError, match="max_lag"):
+        live.Session(model, avatar, max_lag=-1)
 
 
 def test_interrupt_wakes_a_reader_waiting_for_speech(model, avatar, speech):

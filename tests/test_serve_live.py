@@ -119,7 +119,7 @@ def test_the_server_encodes_vp8_without_the_denoiser():
     from server.rtc import CleanVp8Encoder, LiveSessions, video_frame
 
     vp8, h264 = (RTCRtpCodecParameters(mimeType=m, clockRate=90000) for m in ("video/VP8", "video/H264"))
-    LiveSessions(None, None, 1)
+    LiveSessions(None, None)
     assert isinstance(aiortc.rtcrtpsender.get_encoder(vp8), CleanVp8Encoder)
     assert not isinstance(aiortc.rtcrtpsender.get_encoder(h264), CleanVp8Encoder)
     images = [image for _, image in zip(range(40), videoio.read_frames(str(MEDIA / "bbaf2n.mpg")))]
