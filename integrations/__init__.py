@@ -32,7 +32,7 @@ READ_TIMEOUT = 0.5           # seconds; a read never blocks a reader for longer
 def open_session(checkpoint_path, avatar, fast=False, device=None, **session_options):
     """(live.Session, live.Avatar) for a Wav2Lip checkpoint and an avatar (a prepared avatar's
     folder, see live.prepare_avatar, or a loaded live.Avatar); `session_options` are
-    live.Session's (silence_gap, silence_level, batch_size)."""
+    live.Session's (silence_gap, silence_level, batch_size, max_lag)."""
     if isinstance(avatar, (str, os.PathLike)):
         avatar = live.load_avatar(avatar)
     model = load_model(checkpoint_path, device or best_device())
