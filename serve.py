@@ -156,7 +156,7 @@ class Server:
     # ------------------------------------------------------------- health and page
     async def health(self, request):
         return web.json_response({"status": "ok", "sessions": len(self.sessions.sessions),
-                                  "max_sessions": self.sessions.max_sessions,
+                                  "max_sessions": self.sessions.settings.max_sessions,
                                   "jobs_waiting": sum(j.state == "queued" for j in self.jobs.jobs.values())})
 
     async def page(self, request):

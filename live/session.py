@@ -337,9 +337,9 @@ class Session:
             if window is None or samples is None:
                 return plan or None
             self._take_index()
-            late = self.max_lag is not None and \
+            caught_up = self.max_lag is not None and \
                 time.monotonic() - utterance.arrival(self._sample(index + 1) - origin) > self.max_lag
-            plan.append((index, pingpong(index, len(self.avatar)), window, samples, late))
+            plan.append((index, pingpong(index, len(self.avatar)), window, samples, caught_up))
             utterance.advance(self._sample(index + 1) - origin, self.fps)
         return plan
 
@@ -353,10 +353,10 @@ class Session:
 
     def _render(self, plan):
         faces = [(self.avatar.frame(source), window, self.avatar.box(source))
-                 for _, source, window, _, late in plan if not late]
+                 for _, source, window, _, caught_up in plan if not caught_up]
         faces = iter(lipsync.on_compute_thread(self._generate, faces) if faces else [])
-        return [Frame(self.avatar.frame(source) if late else next(faces), samples, index / self.fps, index, source,
-                      True, late) for index, source, _, samples, late in plan]
+        return [Frame(self.avatar.frame(source) if caught_up else next(faces), samples, index / self.fps, index,
+                      source, True, caught_up) for index, source, _, samples, caught_up in plan]
 
     def _generate(self, items):
         with lipsync.full_float32(enabled=not self.fast):

@@ -336,7 +336,6 @@ class LiveSessions:
 
     def __init__(self, model, temp_root, settings=LiveSettings()):
         self.model, self.temp_root, self.settings = model, temp_root, settings
-        self.max_sessions = settings.max_sessions
         self.sessions = {}
         use_clean_vp8()
 
@@ -350,9 +349,9 @@ class LiveSessions:
         return sum(s.avatar_name == avatar_name for s in self.sessions.values())
 
     async def open(self, avatar_name, avatar, sdp, sdp_type):
-        if len(self.sessions) >= self.max_sessions:
+        if len(self.sessions) >= self.settings.max_sessions:
             raise RequestError(503, "busy: %d live sessions are running (the --max_sessions this machine runs in "
-                               "real time); try again later" % self.max_sessions)
+                               "real time); try again later" % self.settings.max_sessions)
         if sdp_type != "offer" or not isinstance(sdp, str) or "m=" not in sdp:
             raise RequestError(400, "send a WebRTC offer: {\"avatar\", \"sdp\", \"type\": \"offer\"}")
         session = LiveSession(avatar_name, avatar, self.temp_root.folder("session"), asyncio.get_running_loop(),
