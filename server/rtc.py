@@ -143,7 +143,7 @@ class LiveSession:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.video, self.audio = FrameTrack("video", loop), FrameTrack("audio", loop)
         self.subscribers = set()
-        self.frames = self.late = self.utterances = 0
+        self.frames = self.late = self.caught_up = self.utterances = 0
         self.speaking = False
         self.speech_arrived = None       # monotonic time speech arrived while idle (for the latency)
         self.last_frame = -1
@@ -165,7 +165,7 @@ class LiveSession:
 
     def stats(self):
         return {"session_id": self.id, "avatar": self.avatar_name, "frames": self.frames, "late": self.late,
-                "dropped": self.video.dropped, "speaking": self.speaking, "utterances": self.utterances,
+                "caught_up": self.caught_up, "dropped": self.video.dropped, "speaking": self.speaking, "utterances": self.utterances,
                 "fps": self.fps, "seconds": round(time.monotonic() - self.started, 1)}
 
     # ----------------------------------------------------------------- speech in
@@ -187,7 +187,7 @@ class LiveSession:
 
     def _idle(self, frame):
         return dataclasses.replace(frame, image=self.avatar.frame(frame.source_index),
-                                   audio=np.zeros_like(frame.audio), speaking=False)
+                                   audio=np.zeros_like(frame.audio), speaking=False, caught_up=False)
 
     # ----------------------------------------------------------------- frames out
     def start(self):
@@ -236,7 +236,7 @@ class LiveSession:
                 self.audio.offer(audio_frame(pending[:AUDIO_CHUNK], samples_sent))
                 pending, samples_sent = pending[AUDIO_CHUNK:], samples_sent + AUDIO_CHUNK
             now = time.monotonic()
-            self.loop.call_soon_threadsafe(self._sent, frame.index, frame.speaking, late, now)
+            self.loop.call_soon_threadsafe(self._sent, frame, late, now)
             index += 1
             if now - due > RESYNC_SECONDS:
                 origin, index = now, 0
@@ -244,9 +244,11 @@ class LiveSession:
                 last_stats = now
                 self.loop.call_soon_threadsafe(lambda: self.publish("stats", self.stats()))
 
-    def _sent(self, index, speaking, late, now):
+    def _sent(self, frame, late, now):
+        index, speaking = frame.index, frame.speaking
         self.frames += 1
         self.late += late
+        self.caught_up += frame.caught_up
         self.last_frame = index
         if speaking and not self.speaking:
             self.utterances += 1
@@ -281,9 +283,10 @@ class LiveSession:
         for track in (self.video, self.audio):
             while not track.frames.empty():
                 track.frames.get_nowait()
-        log.info("session %s end (%s): avatar %s, %.1f s, %d frames, %d late, %d dropped, %d utterances",
+        log.info("session %s end (%s): avatar %s, %.1f s, %d frames, %d late, %d caught up, %d dropped, "
+                 "%d utterances",
                  self.id, reason, self.avatar_name, time.monotonic() - self.started, self.frames, self.late,
-                 self.video.dropped, self.utterances)
+                 self.caught_up, self.video.dropped, self.utterances)
 
 
 def _glibc():

@@ -1,6 +1,7 @@
 """Live sessions end to end: serve.py on a free local port, an aiortc client receiving the
 avatar's video and audio; speech by upload and by the PCM WebSocket; interrupt; events."""
 import asyncio
+import re
 import time
 
 import aiohttp
@@ -37,6 +38,7 @@ def server(tmp_path_factory, check):
 
         asyncio.run(prepare())
         running.avatar = live.load_avatar(folder / "avatars" / "grid")
+        running.folder, running.checkpoint = folder, checkpoint
         yield running
         running.avatar.close()
 
@@ -184,6 +186,33 @@ def test_uploaded_speech_over_webrtc(server):
     scores = correlate(received, head, mode="valid")
     audio_start = int(np.argmax(scores)) / 16000
     assert abs(audio_start - start["frame"] / FPS) <= 1 / FPS, (audio_start, start["frame"] / FPS)
+
+
+def test_max_lag_reaches_the_servers_sessions(server, tmp_path):
+    """serve.py --max_lag bounds its sessions' lag: with a bound shorter than any frame takes,
+    the utterance's frames go out caught up (the avatar's own face, events as usual) and the
+    session's stats count them."""
+    faces = FaceMonitor(server.avatar)
+
+    async def scenario(running):
+        async with aiohttp.ClientSession() as http:
+            client = await LiveClient.connect(http, running.url, "grid", on_video=faces)
+            await client.wait_event("hello")
+            sent = time.monotonic()
+            status, body = await client.post("speech", data=form(audio=SPEECH))
+            assert status == 200, body
+            start = await client.wait_event("speech_start", sent)
+            end = await client.wait_event("speech_end", sent, seconds=60)
+            await asyncio.sleep(0.5)
+            return start, end, await client.close()
+
+    with running_server(tmp_path, server.checkpoint, "--avatars", server.folder / "avatars",
+                        "--max_lag", "0.001") as running:
+        start, end, stats = asyncio.run(scenario(running))
+    speech_frames = end["frame"] - start["frame"]
+    assert speech_frames > 50 and stats["caught_up"] >= speech_frames - 2, (speech_frames, stats)
+    assert max(faces.face_diff(range(start["frame"], end["frame"]))) < 6.0, "caught-up frames are not the avatar's"
+    assert re.search(r"[1-9][0-9]* caught up", running.log()), "the session's log line has no caught-up count"
 
 
 def test_pcm_websocket_interrupt_and_events(server):

@@ -138,7 +138,11 @@ function listen(id) {
     if (data.latency_ms != null) $("fig-latency").textContent = data.latency_ms + " ms";
   });
   events.addEventListener("speech_end", () => { $("fig-speaking").textContent = "no"; });
-  events.addEventListener("stats", (e) => { $("fig-late").textContent = JSON.parse(e.data).late; });
+  events.addEventListener("stats", (e) => {
+    const stats = JSON.parse(e.data);
+    $("fig-late").textContent = stats.late;
+    $("fig-caught-up").textContent = stats.caught_up;
+  });
 }
 
 function showFigures() {
