@@ -15,10 +15,10 @@ budget). Processing latency: from the arrival of the last sample a frame's windo
 the utterance's end, for its last frames) to the frame being ready. On a virtual machine the run
 also reports CPU steal (the hypervisor running other guests on its CPUs, from /proc/stat, read
 every quarter second), how many late frames fell in 10-second windows of 5% steal or more, and
-how many in stretches of late frames that began within a second of a burst of steal. Without --checkpoint_path
-the conformance kit's deterministic weights are used (the cost is the real one); the avatar is
-the GRID clip bbaf2n (Cooke et al. 2006, CC BY 4.0) scaled to cover the chosen height, with its
-face box given (no detection).
+how many in stretches of late frames that began within a second of a burst of steal. Without
+--checkpoint_path the conformance kit's deterministic weights are used (the cost is the real
+one); the avatar is the GRID clip bbaf2n (Cooke et al. 2006, CC BY 4.0) scaled to cover the
+chosen height, with its face box given (no detection).
 """
 import argparse
 import bisect
@@ -217,8 +217,8 @@ def report_steal(args, readers, steal, fps, window=10, high=0.05, burst=0.10):
     after_burst = [len(stretch) for stretch in stretches
                    if any(stretch[0][1] - 1.0 <= t <= stretch[0][1] + STEAL_SAMPLE for t in bursts)]
     total = sum(len(frames) for frames in late)
-    print("CPU steal: mean %.1f%%, max %.1f%% in a quarter second; %d of %d %d-s windows at %.0f%% or more, holding "
-          "%d of the %d late frames" % (100 * np.mean([s for _, s in steal]), 100 * max(s for _, s in steal),
+    print("CPU steal: mean %.1f%%, max %.1f%% in a quarter second; %d of %d %d-s windows at %.0f%% or more, "
+          "holding %d of the %d late frames" % (100 * np.mean([s for _, s in steal]), 100 * max(s for _, s in steal),
                                         len(stolen), len(windows), window, 100 * high, in_windows, total))
     print("late frames in stretches that began within a second of a steal burst (a quarter second at %.0f%% or "
           "more; %d bursts): %d of the %d, in %d of the %d stretches"

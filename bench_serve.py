@@ -4,6 +4,7 @@
     python bench_serve.py --checkpoint_path ckpt.pth --face face.mp4 --speech speech.wav --minutes 5 --fast
                                                          # one 720p avatar over WebRTC: late frames, latency
     python bench_serve.py ... --size 854x480 --sessions 2 --fast     # concurrent sessions
+    python bench_serve.py ... --receive_only                          # the clients do not decode the video
     python bench_serve.py --encoders --face face.mp4 --size 1280x720 # WebRTC video encoding alone
 
 The WebRTC runs start serve.py on a free local port, prepare an avatar from --face (scaled to
@@ -147,6 +148,30 @@ async def run_clients(url, sessions, seconds, speech, fps):
     return results
 
 
+class ReceiveOnlyDecoder:
+    """Stands in for the client's video decoder: a 16x16 frame with the received frame's
+    timestamp, so the client counts and times what arrives without decoding it on the cores
+    the server runs on (--receive_only)."""
+
+    def decode(self, encoded_frame):
+        import fractions
+
+        import av
+
+        frame = av.VideoFrame(16, 16, "yuv420p")
+        frame.pts, frame.time_base = encoded_frame.timestamp, fractions.Fraction(1, 90000)
+        return [frame]
+
+
+def receive_only():
+    """Make this process's aiortc receivers pass video through ReceiveOnlyDecoder."""
+    import aiortc.rtcrtpreceiver
+
+    decoder_for = aiortc.rtcrtpreceiver.get_decoder
+    aiortc.rtcrtpreceiver.get_decoder = \
+        lambda codec: ReceiveOnlyDecoder() if codec.mimeType.lower().startswith("video/") else decoder_for(codec)
+
+
 def webrtc(args):
     import tempfile
 
@@ -168,13 +193,16 @@ def webrtc(args):
         url = "http://127.0.0.1:%d" % port
         prepare_avatar(url, face, args.fast)
         speech = np.clip(np.rint(audio.load_wav(args.speech, 16000) * 32768), -32768, 32767).astype(np.int16)
+        if args.receive_only:
+            receive_only()
         before = benchmark.cpu_ticks()
         results = asyncio.run(run_clients(url, args.sessions, args.minutes * 60, speech, 25.0))
         after = benchmark.cpu_ticks()
     finally:
         proc.terminate()
         proc.wait(30)
-    print("avatar %dx%d, %d session(s), %.1f min, --fast %s" % (*size, args.sessions, args.minutes, args.fast))
+    print("avatar %dx%d, %d session(s), %.1f min, --fast %s%s" % (*size, args.sessions, args.minutes, args.fast,
+                                                                ", clients not decoding" if args.receive_only else ""))
     for i, (stats, latencies, received) in enumerate(results):
         print("session %d: %d frames sent in %.1f s (%.2f fps), %d late, %d dropped, %d received; latency from "
               "speech to the first lip-synced frame received: median %.0f ms (%d utterances)"
@@ -265,6 +293,8 @@ def main():
     p.add_argument("--minutes", type=float, default=5.0)
     p.add_argument("--fast", action="store_true", help="serve.py --fast")
     p.add_argument("--encoders", action="store_true", help="time aiortc's video encoders on --face at --size")
+    p.add_argument("--receive_only", action="store_true",
+                   help="the clients receive the video but do not decode it (a browser elsewhere would)")
     args = p.parse_args()
     if args.stacks:
         stacks(args.runs)

@@ -165,8 +165,8 @@ class LiveSession:
 
     def stats(self):
         return {"session_id": self.id, "avatar": self.avatar_name, "frames": self.frames, "late": self.late,
-                "caught_up": self.caught_up, "dropped": self.video.dropped, "speaking": self.speaking, "utterances": self.utterances,
-                "fps": self.fps, "seconds": round(time.monotonic() - self.started, 1)}
+                "caught_up": self.caught_up, "dropped": self.video.dropped, "speaking": self.speaking,
+                "utterances": self.utterances, "fps": self.fps, "seconds": round(time.monotonic() - self.started, 1)}
 
     # ----------------------------------------------------------------- speech in
     async def push(self, samples):
