@@ -211,7 +211,8 @@ def test_max_lag_reaches_the_servers_sessions(server, tmp_path):
         start, end, stats = asyncio.run(scenario(running))
     speech_frames = end["frame"] - start["frame"]
     assert speech_frames > 50 and stats["caught_up"] >= speech_frames - 2, (speech_frames, stats)
-    assert max(faces.face_diff(range(start["frame"], end["frame"]))) < 6.0, "caught-up frames are not the avatar's"
+    speaking = faces.face_diff(range(start["frame"], end["frame"]))
+    assert len(speaking) >= 0.9 * speech_frames and max(speaking) < 6.0, "caught-up frames are not the avatar's"
     assert re.search(r"[1-9][0-9]* caught up", running.log()), "the session's log line has no caught-up count"
 
 
