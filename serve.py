@@ -32,9 +32,6 @@ log = logging.getLogger("serve")
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server", "static")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 TOKEN_ENV = "WAV2LIP_TOKEN"
-# Live sessions 2 CPU cores run in real time: bench_serve.py on this project's shared 2-core
-# machine did not reach real time even with one session (README, server section), so one.
-DEFAULT_MAX_SESSIONS = 1
 JSON_BYTES = 256 * 1024
 MAX_SPEECH_SECONDS = 600
 # live.load_avatar parses its .npy header with ast.literal_eval, and CPython 3.11's parser fails
@@ -140,7 +137,7 @@ def parse_options(fields, allowed=FORM_OPTIONS):
 # --------------------------------------------------------------------------- the server
 class Server:
     def __init__(self, model, detector, avatars, temp_root, max_upload_mb=500, keep_seconds=3600,
-                 live=LiveSettings(max_sessions=DEFAULT_MAX_SESSIONS)):
+                 live=LiveSettings()):
         self.model, self.detector, self.avatars, self.temp_root = model, detector, avatars, temp_root
         self.max_upload = int(max_upload_mb * (1 << 20))
         self.jobs = JobQueue(keep_seconds=keep_seconds)
@@ -397,7 +394,7 @@ def build_parser():
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=None, help="bearer token every API request must carry (default: $%s)" % TOKEN_ENV)
     p.add_argument("--max_upload_mb", type=float, default=500, help="largest upload accepted (HTTP 413 beyond)")
-    p.add_argument("--max_sessions", type=int, default=DEFAULT_MAX_SESSIONS,
+    p.add_argument("--max_sessions", type=int, default=LiveSettings.max_sessions,
                    help="live sessions at once (default: what 2 CPU cores run in real time)")
     p.add_argument("--fast", action="store_true", help="live sessions in reduced precision (see inference.py --fast)")
     p.add_argument("--live_batch_size", type=int, default=4,

@@ -333,14 +333,14 @@ class Session:
             index = utterance.first_index + utterance.next
             origin = self._sample(utterance.first_index)
             window = utterance.window(utterance.next, self.fps)
-            samples = utterance.audio(self._sample(index) - origin, self._sample(index + 1) - origin)
+            end = self._sample(index + 1) - origin      # this frame's samples end here in the utterance
+            samples = utterance.audio(self._sample(index) - origin, end)
             if window is None or samples is None:
                 return plan or None
             self._take_index()
-            caught_up = self.max_lag is not None and \
-                time.monotonic() - utterance.arrival(self._sample(index + 1) - origin) > self.max_lag
+            caught_up = self.max_lag is not None and time.monotonic() - utterance.arrival(end) > self.max_lag
             plan.append((index, pingpong(index, len(self.avatar)), window, samples, caught_up))
-            utterance.advance(self._sample(index + 1) - origin, self.fps)
+            utterance.advance(end, self.fps)
         return plan
 
     def _frame_count(self, utterance):

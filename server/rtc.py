@@ -327,6 +327,8 @@ class LiveSettings:
     """How the server runs live sessions: at most `max_sessions` at once, the engine in reduced
     precision when `fast`, computing batches of `batch_size` frames read `lookahead` frames
     ahead of their time; `max_lag` is live.Session's (None: every speech frame lip-synced)."""
+    # Live sessions 2 CPU cores run in real time: bench_serve.py on this project's shared 2-core
+    # machine did not reach real time even with one session (README, server section), so one.
     max_sessions: int = 1
     fast: bool = False
     batch_size: int = 4
